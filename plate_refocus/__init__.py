@@ -1,0 +1,68 @@
+"""Refocus whole high-content screening plates and recover the defocus PSF per well.
+
+The public surface is re-exported here; heavy modules (Keras, the pipeline)
+are imported only when their names are first used, so ``import plate_refocus``
+and ``plate-refocus info`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import (
+    ClusterError,
+    IngestError,
+    ModelError,
+    ModelNotFoundError,
+    NotAPlateError,
+    OpticsMismatchWarning,
+    OutputExistsError,
+    PlateLayoutError,
+    PlateNotFoundError,
+    PlateRefocusError,
+)
+from .optics import Optics, defocus_otf, defocus_psf, radial_otf
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; filled in as modules land.
+_LAZY = {
+    "open_plate": "plate",
+    "write_plate": "plate",
+    "open_ground_truth": "plate",
+    "plate_info": "plate",
+    "simulate_plate": "simulate",
+    "simulate_field": "simulate",
+    "estimate_psf": "psf",
+    "load_model": "unet",
+    "run_plate": "pipeline",
+    "open_results": "pipeline",
+    "ingest": "ingest",
+}
+
+__all__ = [
+    "Optics",
+    "defocus_otf",
+    "defocus_psf",
+    "radial_otf",
+    "PlateRefocusError",
+    "PlateNotFoundError",
+    "NotAPlateError",
+    "PlateLayoutError",
+    "OutputExistsError",
+    "ModelError",
+    "ModelNotFoundError",
+    "IngestError",
+    "ClusterError",
+    "OpticsMismatchWarning",
+    "__version__",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'plate_refocus' has no attribute {name!r}")

@@ -1,0 +1,60 @@
+"""Errors a user can cause, each also an instance of the matching built-in.
+
+The CLI catches :class:`PlateRefocusError` and prints its message without a
+traceback, so every message says what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PlateRefocusError",
+    "PlateNotFoundError",
+    "NotAPlateError",
+    "PlateLayoutError",
+    "OutputExistsError",
+    "ModelError",
+    "ModelNotFoundError",
+    "OpticsMismatchWarning",
+    "IngestError",
+    "ClusterError",
+]
+
+
+class PlateRefocusError(Exception):
+    """Base class of every error a user of ``plate_refocus`` can cause."""
+
+
+class PlateNotFoundError(PlateRefocusError, FileNotFoundError):
+    """The path given as a plate does not exist."""
+
+
+class NotAPlateError(PlateRefocusError, ValueError):
+    """The path exists but is not an OME-Zarr HCS plate."""
+
+
+class PlateLayoutError(PlateRefocusError, ValueError):
+    """A plate whose wells or fields disagree (shape, dtype, axes, metadata)."""
+
+
+class OutputExistsError(PlateRefocusError, FileExistsError):
+    """An output store exists and neither resume nor overwrite was asked for."""
+
+
+class ModelError(PlateRefocusError, ValueError):
+    """A model file that is corrupt, unsafe or does not fit the data."""
+
+
+class ModelNotFoundError(ModelError, FileNotFoundError):
+    """The model file given does not exist."""
+
+
+class IngestError(PlateRefocusError, ValueError):
+    """A TIFF folder that cannot be turned into a plate as asked."""
+
+
+class ClusterError(PlateRefocusError, RuntimeError):
+    """A Dask cluster that cannot be started or reached."""
+
+
+class OpticsMismatchWarning(UserWarning):
+    """A model trained for other optics than the plate it is applied to."""

@@ -1,0 +1,257 @@
+"""The microscope's optical parameters and its defocus PSF/OTF model.
+
+Conventions (see DESIGN.md, "Physics conventions"): lengths in micrometres,
+spatial frequencies in cycles/um; a circular pupil ``P(nu) = 1`` for
+``|nu| <= NA/lambda``; defocus by the angular spectrum
+``W = exp(i 2 pi z sqrt((n/lambda)^2 - |nu|^2))``; the incoherent PSF
+``k_z = |F^-1{P W}|^2`` normalised to unit sum, so its OTF ``K_z`` has
+``K_z(0) = 1`` and support ``|nu| <= 2 NA/lambda``.
+
+Arrays returned here are cached per ``(shape, z, optics)`` and read-only:
+the simulator and the PSF fit ask for the same kernels many times.
+
+References
+----------
+.. [1] M. Werth and A. Matlock, "Neural network-based microscope defocus
+   correction with point spread function recovery", Boston University
+   technical report, 2018.
+.. [2] J. W. Goodman, *Introduction to Fourier Optics*, 3rd ed., ch. 3 & 6.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Optics",
+    "frequency_grid",
+    "defocus_otf",
+    "defocus_psf",
+    "radial_otf",
+]
+
+
+@dataclass(frozen=True)
+class Optics:
+    """Widefield fluorescence optics, as seen by the camera.
+
+    The defaults are the report's [1]_: a 20x / NA 0.25 air objective and a
+    camera with 6 um pixels, i.e. 0.3 um pixels at the sample.
+
+    Parameters
+    ----------
+    na : float
+        Numerical aperture of the objective.
+    wavelength_um : float
+        Emission wavelength in micrometres.
+    immersion_index : float
+        Refractive index of the immersion medium (1.0 for air).
+    pixel_size_um : float
+        Camera pixel size divided by the magnification.
+    """
+
+    na: float = 0.25
+    wavelength_um: float = 0.52
+    immersion_index: float = 1.0
+    pixel_size_um: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("na", "wavelength_um", "immersion_index", "pixel_size_um"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"Optics.{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"Optics.{name} must be positive and finite, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.na >= self.immersion_index:
+            raise ValueError(
+                f"Optics.na={self.na!r} must be below the immersion index "
+                f"{self.immersion_index!r}; pass immersion_index=1.518 for oil objectives"
+            )
+
+    @property
+    def cutoff(self) -> float:
+        """Incoherent cutoff frequency ``2 NA / lambda`` in cycles/um."""
+        return 2.0 * self.na / self.wavelength_um
+
+    @property
+    def nyquist(self) -> float:
+        """Sampling limit ``1 / (2 dx)`` in cycles/um."""
+        return 0.5 / self.pixel_size_um
+
+    @property
+    def airy_fwhm_um(self) -> float:
+        """Full width at half maximum of the in-focus PSF, ``0.51 lambda / NA``."""
+        return 0.51 * self.wavelength_um / self.na
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain JSON-able form, as stored in plate and model metadata."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Optics:
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing ones default."""
+        if not isinstance(data, dict):
+            raise TypeError(f"Optics.from_dict needs a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown optics keys {unknown!r}; expected some of {sorted(known)!r}")
+        return cls(**data)
+
+    def differs_from(self, other: Optics, *, rtol: float = 1e-3) -> list[str]:
+        """Names of the parameters that differ by more than ``rtol``, for warnings."""
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if not math.isclose(getattr(self, f.name), getattr(other, f.name), rel_tol=rtol)
+        ]
+
+
+def _check_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) != 2 or any(int(n) != n or n < 2 for n in shape):
+        raise ValueError(f"shape must be two integers >= 2 (Y, X), got {shape!r}")
+    return int(shape[0]), int(shape[1])
+
+
+@lru_cache(maxsize=64)
+def _frequency_grid(shape: tuple[int, int], pixel_size_um: float, real: bool):
+    ny, nx = shape
+    fy = np.fft.fftfreq(ny, d=pixel_size_um)[:, None]
+    fx = (np.fft.rfftfreq if real else np.fft.fftfreq)(nx, d=pixel_size_um)[None, :]
+    rho = np.sqrt(fy**2 + fx**2)
+    for a in (fy, fx, rho):
+        a.flags.writeable = False
+    return fy, fx, rho
+
+
+def frequency_grid(
+    shape: tuple[int, int], pixel_size_um: float, *, real: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spatial frequencies of a ``(Y, X)`` grid in FFT order, cycles/um.
+
+    Returns
+    -------
+    fy : (Y, 1) ndarray of float64
+    fx : (1, X) or (1, X // 2 + 1) ndarray of float64
+        The second form when ``real=True`` (the layout of ``rfft2``).
+    rho : (Y, X) or (Y, X // 2 + 1) ndarray of float64
+        Radial frequency ``sqrt(fy**2 + fx**2)``.
+    """
+    return _frequency_grid(_check_shape(tuple(shape)), float(pixel_size_um), bool(real))
+
+
+@lru_cache(maxsize=256)
+def _psf_unshifted(shape: tuple[int, int], z_um: float, optics: Optics) -> np.ndarray:
+    fy, fx, rho = _frequency_grid(shape, optics.pixel_size_um, False)
+    k = optics.immersion_index / optics.wavelength_um
+    pupil = rho <= optics.na / optics.wavelength_um
+    # Angular spectrum phase relative to the on-axis wave: the constant term only
+    # shifts the phase of the whole field and leaves the intensity unchanged.
+    kz = np.sqrt(np.maximum(k**2 - rho**2, 0.0)) - k
+    field = np.where(pupil, np.exp(2j * np.pi * z_um * kz), 0.0)
+    amplitude = np.fft.ifft2(field)
+    intensity = amplitude.real**2 + amplitude.imag**2
+    intensity /= intensity.sum()
+    intensity.flags.writeable = False
+    return intensity
+
+
+def defocus_psf(shape: tuple[int, int], z_um: float, optics: Optics = Optics()) -> np.ndarray:
+    """Incoherent defocus PSF on a ``(Y, X)`` grid, centred, summing to one.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Grid size; the PSF is periodic on it, so choose it larger than the
+        blur (about ``2 |z| NA`` um across) plus the Airy core.
+    z_um : float
+        Defocus distance in um. The result is even in ``z``.
+    optics : Optics
+
+    Returns
+    -------
+    psf : (Y, X) ndarray of float64
+        Centred at ``(Y // 2, X // 2)`` (the ``fftshift`` convention), read-only.
+    """
+    shape = _check_shape(tuple(shape))
+    psf = np.fft.fftshift(_psf_unshifted(shape, abs(float(z_um)), optics))
+    psf.flags.writeable = False
+    return psf
+
+
+@lru_cache(maxsize=256)
+def _otf(shape: tuple[int, int], z_um: float, optics: Optics, real: bool) -> np.ndarray:
+    psf = _psf_unshifted(shape, z_um, optics)
+    otf = np.fft.rfft2(psf) if real else np.fft.fft2(psf)
+    otf.flags.writeable = False
+    return otf
+
+
+def defocus_otf(
+    shape: tuple[int, int], z_um: float, optics: Optics = Optics(), *, real: bool = False
+) -> np.ndarray:
+    """OTF ``K_z`` of :func:`defocus_psf` in FFT order, with ``K_z(0) = 1``.
+
+    Parameters
+    ----------
+    shape : (int, int)
+    z_um : float
+    optics : Optics
+    real : bool
+        Return the ``rfft2`` half-plane ``(Y, X // 2 + 1)`` instead of the
+        full ``(Y, X)`` plane.
+
+    Returns
+    -------
+    otf : ndarray of complex128
+        Read-only. Zero (to rounding) beyond ``optics.cutoff``; real to
+        rounding because the defocus PSF is centrosymmetric.
+    """
+    shape = _check_shape(tuple(shape))
+    return _otf(shape, abs(float(z_um)), optics, bool(real))
+
+
+@lru_cache(maxsize=256)
+def _radial_otf(freq: tuple[float, ...], z_um: float, optics: Optics, grid: int) -> np.ndarray:
+    # Sample the isotropic OTF from a large, finely sampled grid: half the pixel
+    # size keeps the whole support inside Nyquist whatever the camera sampling.
+    fine = dataclasses.replace(optics, pixel_size_um=min(optics.pixel_size_um, 0.25 / optics.cutoff))
+    otf = _otf((grid, grid), z_um, fine, False).real
+    axis_f = np.fft.fftfreq(grid, d=fine.pixel_size_um)[: grid // 2]
+    axis_v = otf[0, : grid // 2]
+    out = np.interp(np.asarray(freq), axis_f, axis_v, right=0.0)
+    out.flags.writeable = False
+    return out
+
+
+def radial_otf(
+    freq: np.ndarray, z_um: float, optics: Optics = Optics(), *, grid: int = 1024
+) -> np.ndarray:
+    """The isotropic defocus OTF ``K_z(|nu|)`` at radial frequencies ``freq``.
+
+    This is the 1-D model against which recovered profiles are fitted. It is
+    sampled along an axis of a finely sampled ``grid x grid`` OTF, so it is not
+    aliased even when the camera undersamples the optics.
+
+    Parameters
+    ----------
+    freq : (F,) array_like of float
+        Radial frequencies in cycles/um.
+    z_um : float
+    optics : Optics
+    grid : int
+        Size of the auxiliary grid; its field of view must exceed the blur.
+
+    Returns
+    -------
+    otf : (F,) ndarray of float64
+    """
+    freq = tuple(float(f) for f in np.ravel(freq))
+    return _radial_otf(freq, abs(float(z_um)), optics, int(grid))
