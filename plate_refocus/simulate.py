@@ -1,0 +1,588 @@
+"""Synthetic U2OS-like fluorescence fields, defocus stacks and whole plates.
+
+A field is made in three steps:
+
+1. :func:`simulate_objects` draws the fluorophore density of a field of
+   cells: Hoechst-like nuclei (textured ellipsoids with chromocentres and
+   nucleoli, varied in size, shape and orientation, some touching) and
+   phalloidin-like actin (cell outlines around the nuclei with a bright
+   cortical rim, stress-fibre ridges and thin filopodia).
+2. :func:`simulate_field` blurs it with the defocus OTFs of
+   :mod:`plate_refocus.optics` on a padded grid and crops, so no FFT
+   wrap-around reaches the image, then adds camera noise (DESIGN.md,
+   "Physics conventions"): ``g = Poisson(o conv k_z) + N(0, read_noise) +
+   offset``, clipped to ``[0, 2**bit_depth - 1]`` and quantised to uint16.
+3. :func:`simulate_plate` does this for every field of a plate as a Dask
+   graph and writes an OME-Zarr HCS plate with the ground truth beside it
+   (see :mod:`plate_refocus.plate`).
+
+Everything is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import scipy.fft
+from scipy import ndimage
+
+from .optics import Optics, defocus_otf, radial_otf
+
+__all__ = [
+    "DEFAULT_DEPTHS_UM",
+    "CHANNELS",
+    "Camera",
+    "SimulatedField",
+    "simulate_objects",
+    "simulate_field",
+    "simulate_plate",
+    "field_padding",
+    "radial_frequencies_for",
+    "true_otf_radial",
+]
+
+log = logging.getLogger(__name__)
+
+#: The report's defocus distances in um.
+DEFAULT_DEPTHS_UM: tuple[float, ...] = (0, 2, 4, 6, 8, 10, 15, 20, 25, 30, 40)
+
+#: Channels :func:`simulate_objects` knows how to draw.
+CHANNELS: tuple[str, ...] = ("nuclei", "actin")
+
+SeedLike = int | np.random.SeedSequence
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A scientific camera with a gain of one ADU per photo-electron.
+
+    Parameters
+    ----------
+    photons : float
+        Expected photo-electrons at the brightest pixel of the noise-free
+        in-focus image of a field and its surroundings (per channel): a field
+        holding the brightest cell peaks at this value, a sparse field stays
+        dimmer. Sets the signal-to-noise.
+    read_noise : float
+        Standard deviation of the Gaussian read noise, in ADU.
+    offset : float
+        Camera offset (bias) added to every pixel, in ADU.
+    bit_depth : int
+        Values are clipped to ``[0, 2**bit_depth - 1]`` (12 for the report's
+        and BBBC006's cameras) and stored as uint16.
+    """
+
+    photons: float = 2000.0
+    read_noise: float = 2.0
+    offset: float = 100.0
+    bit_depth: int = 12
+
+    def __post_init__(self) -> None:
+        for name in ("photons", "read_noise", "offset"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"Camera.{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"Camera.{name} must be finite and >= 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.photons <= 0:
+            raise ValueError(f"Camera.photons must be > 0, got {self.photons!r}")
+        bits = self.bit_depth
+        if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool):
+            raise TypeError(f"Camera.bit_depth must be an integer, got {bits!r}")
+        if not 1 <= bits <= 16:
+            raise ValueError(f"Camera.bit_depth must be in 1..16 (stored as uint16), got {bits!r}")
+        object.__setattr__(self, "bit_depth", int(bits))
+        if self.offset >= self.max_value:
+            raise ValueError(
+                f"Camera.offset={self.offset!r} leaves no room below the maximum "
+                f"{self.max_value!r} of a {self.bit_depth}-bit camera; lower the offset"
+            )
+
+    @property
+    def max_value(self) -> int:
+        """Largest value the camera records, ``2**bit_depth - 1``."""
+        return 2**self.bit_depth - 1
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain JSON-able form, as stored in plate metadata."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Camera:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise TypeError(f"Camera.from_dict needs a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown camera keys {unknown!r}; expected some of {sorted(known)!r}")
+        return cls(**data)
+
+
+#: Frozen, so safe as shared defaults.
+DEFAULT_OPTICS = Optics()
+DEFAULT_CAMERA = Camera()
+
+
+class SimulatedField(NamedTuple):
+    """One simulated field and its ground truth.
+
+    Attributes
+    ----------
+    images : (C, Z, Y, X) ndarray of uint16
+        The noisy, quantised defocus stack, one plane per requested depth.
+    object : (C, Y, X) ndarray of float32
+        The fluorophore density in ADU above the camera offset: the noise-free
+        mean of ``images[c, j]`` is ``offset + (object conv k_{z_j})``.
+    in_focus : (C, Y, X) ndarray of float32
+        The noise-free in-focus image ``offset + (object conv k_0)``.
+    """
+
+    images: np.ndarray
+    object: np.ndarray
+    in_focus: np.ndarray
+
+
+# --- argument checks ----------------------------------------------------------------------------
+
+
+def _check_shape(shape: Sequence[int], *, minimum: int = 8) -> tuple[int, int]:
+    try:
+        ny, nx = (int(n) for n in shape)
+        ok = all(int(n) == n for n in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"shape must be two integers (Y, X), got {shape!r}") from None
+    if not ok or ny < minimum or nx < minimum:
+        raise ValueError(f"shape must be two integers >= {minimum} (Y, X), got {shape!r}")
+    return ny, nx
+
+
+def _check_channels(channels: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(channels, str):
+        raise TypeError(f"channels must be a sequence of names like ('nuclei', 'actin'), got {channels!r}")
+    channels = tuple(channels)
+    unknown = [c for c in channels if c not in CHANNELS]
+    if not channels or unknown:
+        raise ValueError(f"channels must be a non-empty selection of {CHANNELS!r}, got {channels!r}")
+    if len(set(channels)) != len(channels):
+        raise ValueError(f"channels must not repeat, got {channels!r}")
+    return channels
+
+
+def _check_depths(depths_um: Sequence[float]) -> tuple[float, ...]:
+    try:
+        depths = tuple(float(z) for z in np.ravel(np.asarray(depths_um, dtype=float)))
+    except (TypeError, ValueError):
+        raise TypeError(f"depths_um must be a sequence of numbers, got {depths_um!r}") from None
+    if not depths or not all(math.isfinite(z) for z in depths):
+        raise ValueError(f"depths_um must be a non-empty sequence of finite numbers, got {depths_um!r}")
+    return depths
+
+
+def _seed_sequence(seed: SeedLike) -> np.random.SeedSequence:
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0:
+        return np.random.SeedSequence(int(seed))
+    raise TypeError(f"seed must be a non-negative int or a numpy SeedSequence, got {seed!r}")
+
+
+def _child(seed: np.random.SeedSequence, key: int) -> np.random.Generator:
+    # A fixed child per purpose, without mutating the caller's SeedSequence
+    # (SeedSequence.spawn counts its children, so calling it twice differs).
+    child = np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, key))
+    return np.random.default_rng(child)
+
+
+# --- objects -----------------------------------------------------------------------------------
+
+
+class _Cells(NamedTuple):
+    cy: np.ndarray  # centre row, px
+    cx: np.ndarray  # centre column, px
+    a: np.ndarray  # nucleus semi-axis along theta, px
+    b: np.ndarray  # nucleus semi-axis across theta, px
+    theta: np.ndarray  # nucleus orientation, rad
+    brightness: np.ndarray  # relative DNA stain
+    radius: np.ndarray  # mean cell radius, px
+    harmonics: np.ndarray  # (N, K, 2) cell outline cos/sin amplitudes for k = 2..K+1
+
+
+def _place_cells(shape: tuple[int, int], rng: np.random.Generator) -> _Cells:
+    """Cell centres and shapes: roughly one cell per 55 x 55 px, some in touching pairs."""
+    ny, nx = shape
+    target = max(1, rng.poisson(ny * nx / 3000.0))
+    cy: list[float] = []
+    cx: list[float] = []
+    r: list[float] = []
+    attempts = 0
+    while len(cy) < target and attempts < 40 * target:
+        attempts += 1
+        radius = rng.uniform(9.0, 15.0)
+        if cy and rng.random() < 0.3:
+            # A daughter/neighbour cell whose nucleus touches an existing one.
+            k = int(rng.integers(len(cy)))
+            angle = rng.uniform(0, 2 * np.pi)
+            dist = (r[k] + radius) * rng.uniform(0.85, 1.0)
+            y, x = cy[k] + dist * np.sin(angle), cx[k] + dist * np.cos(angle)
+            minimum = 0.8
+        else:
+            y, x = rng.uniform(-10, ny + 10), rng.uniform(-10, nx + 10)
+            minimum = 1.6
+        d = np.hypot(np.asarray(cy) - y, np.asarray(cx) - x) if cy else np.array([np.inf])
+        others = np.asarray(r) + radius if r else np.array([0.0])
+        if np.all(d >= minimum * others):
+            cy.append(y)
+            cx.append(x)
+            r.append(radius)
+    n = len(cy)
+    r_arr = np.asarray(r)
+    elong = rng.uniform(1.0, 1.45, n)
+    mitotic = rng.random(n) < 0.05
+    a = r_arr * np.sqrt(elong) * np.where(mitotic, 0.6, 1.0)
+    b = r_arr / np.sqrt(elong) * np.where(mitotic, 0.6, 1.0)
+    brightness = np.where(mitotic, rng.uniform(1.6, 2.0, n), rng.uniform(0.55, 1.0, n))
+    radius = r_arr * rng.uniform(1.9, 2.6, n)
+    harmonics = rng.normal(0, 1, (n, 3, 2)) * (0.09 / np.arange(1, 4))[None, :, None]
+    return _Cells(
+        np.asarray(cy), np.asarray(cx), a, b, rng.uniform(0, np.pi, n), brightness, radius, harmonics
+    )
+
+
+def _smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian-filtered white noise with unit standard deviation."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    return field / max(field.std(), 1e-12)
+
+
+def _spots(shape, ys, xs, amplitudes, sigma) -> np.ndarray:
+    """Gaussian spots of peak ``amplitudes`` at (possibly fractional) positions."""
+    ny, nx = shape
+    impulses = np.zeros(shape)
+    iy, ix = np.rint(ys).astype(int), np.rint(xs).astype(int)
+    keep = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
+    np.add.at(impulses, (iy[keep], ix[keep]), np.asarray(amplitudes)[keep])
+    return ndimage.gaussian_filter(impulses, sigma, mode="constant") * (2 * np.pi * sigma**2)
+
+
+def _render_nuclei(shape, cells: _Cells, rng: np.random.Generator):
+    """Hoechst-like nuclei; returns (density, label image with 1-based cell index)."""
+    ny, nx = shape
+    density = np.zeros(shape)
+    labels = np.zeros(shape, dtype=np.int32)
+    texture = _smooth_noise(shape, 1.3, rng)
+    bright_y, bright_x, bright_a, dark_y, dark_x, dark_a = [], [], [], [], [], []
+    for i in range(len(cells.cy)):
+        cy, cx, a, b, th = cells.cy[i], cells.cx[i], cells.a[i], cells.b[i], cells.theta[i]
+        half = int(math.ceil(max(a, b) * 1.15)) + 3
+        y0, y1 = max(0, int(cy) - half), min(ny, int(cy) + half + 1)
+        x0, x1 = max(0, int(cx) - half), min(nx, int(cx) + half + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        dy, dx = yy - cy, xx - cx
+        u = dx * math.cos(th) + dy * math.sin(th)
+        v = -dx * math.sin(th) + dy * math.cos(th)
+        phi = np.arctan2(v, u)
+        wobble = 1 + 0.04 * np.cos(3 * phi + rng.uniform(0, 2 * np.pi)) + 0.03 * np.cos(
+            5 * phi + rng.uniform(0, 2 * np.pi)
+        )
+        d = np.hypot(u / a, v / b) / wobble
+        edge = 0.5 * (1 - np.tanh((d - 1) * min(a, b) / 0.8))  # ~1 px soft rim
+        dome = 1 - 0.25 * np.minimum(d, 1) ** 2
+        value = cells.brightness[i] * edge * dome
+        region = density[y0:y1, x0:x1]
+        np.maximum(region, value, out=region)
+        labels[y0:y1, x0:x1][edge > 0.5] = i + 1
+        # Chromocentres (bright) and nucleoli (dark) inside the nucleus.
+        for count, ys, xs, amps, lo, hi, reach in (
+            (rng.integers(4, 10), bright_y, bright_x, bright_a, 0.25, 0.6, 0.8),
+            (rng.integers(1, 4), dark_y, dark_x, dark_a, 0.35, 0.6, 0.55),
+        ):
+            rr = reach * np.sqrt(rng.random(count))
+            ang = rng.uniform(0, 2 * np.pi, count)
+            su, sv = rr * a * np.cos(ang), rr * b * np.sin(ang)
+            ys.extend(cy + su * math.sin(th) + sv * math.cos(th))
+            xs.extend(cx + su * math.cos(th) - sv * math.sin(th))
+            amps.extend(rng.uniform(lo, hi, count) * cells.brightness[i])
+    inside = density > 0.02
+    density *= np.clip(1 + 0.22 * texture, 0.3, None)
+    density += _spots(shape, np.array(bright_y), np.array(bright_x), bright_a, 1.1) * inside
+    nucleoli = _spots(shape, np.array(dark_y), np.array(dark_x), dark_a, 2.2)
+    density *= np.clip(1 - nucleoli, 0.2, 1)
+    return density, labels
+
+
+def _draw_lines(shape, segments, labels, allowed) -> np.ndarray:
+    """Anti-aliased lines ``(y0, x0, y1, x1, amplitude, cell)`` kept where ``allowed(labels, cell)``."""
+    from skimage.draw import line_aa
+
+    ny, nx = shape
+    layer = np.zeros(shape)
+    for y0, x0, y1, x1, amp, cell in segments:
+        rr, cc, val = line_aa(int(round(y0)), int(round(x0)), int(round(y1)), int(round(x1)))
+        keep = (rr >= 0) & (rr < ny) & (cc >= 0) & (cc < nx)
+        rr, cc, val = rr[keep], cc[keep], val[keep]
+        ok = allowed(labels[rr, cc], cell)
+        # Fibres fade in and out along their length rather than ending abruptly.
+        taper = np.sin(np.linspace(0.15, np.pi - 0.15, len(rr))) if len(rr) else val
+        np.maximum.at(layer, (rr[ok], cc[ok]), (amp * val * taper)[ok])
+    return layer
+
+
+def _render_actin(shape, cells: _Cells, nuclei_labels, rng: np.random.Generator) -> np.ndarray:
+    """Phalloidin-like actin: cell bodies, cortical rims, stress fibres, filopodia."""
+    ny, nx = shape
+    n = len(cells.cy)
+    # Each pixel belongs to the nearest cell centre (a Voronoi partition) if it lies
+    # inside that cell's irregular outline r(phi).
+    markers = np.ones(shape, dtype=bool)
+    cyi = np.clip(np.rint(cells.cy).astype(int), 0, ny - 1)
+    cxi = np.clip(np.rint(cells.cx).astype(int), 0, nx - 1)
+    # Centres outside the field are clamped to its edge: close enough for cells that
+    # only reach into the field, and they keep their own outlines below.
+    markers[cyi, cxi] = False
+    centre_id = np.zeros(shape, dtype=np.int32)
+    centre_id[cyi, cxi] = np.arange(1, n + 1)
+    _, (iy, ix) = ndimage.distance_transform_edt(markers, return_indices=True)
+    owner = centre_id[iy, ix] - 1  # 0-based cell index of every pixel
+    yy, xx = np.indices(shape)
+    dy, dx = yy - cells.cy[owner], xx - cells.cx[owner]
+    rho = np.hypot(dy, dx)
+    phi = np.arctan2(dy, dx)
+    k = np.arange(2, 2 + cells.harmonics.shape[1])
+    outline = np.ones(shape)
+    for j, kk in enumerate(k):
+        outline += cells.harmonics[owner, j, 0] * np.cos(kk * phi)
+        outline += cells.harmonics[owner, j, 1] * np.sin(kk * phi)
+    outline *= cells.radius[owner]
+    labels = np.where(rho < outline, owner + 1, 0).astype(np.int32)
+    inside = labels > 0
+
+    # Distance to the cell boundary (to background or to a touching neighbour).
+    boundary = np.zeros(shape, dtype=bool)
+    boundary[:-1] |= labels[:-1] != labels[1:]
+    boundary[1:] |= labels[:-1] != labels[1:]
+    boundary[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    boundary[:, 1:] |= labels[:, :-1] != labels[:, 1:]
+    to_edge = ndimage.distance_transform_edt(~boundary)
+
+    cytoplasm = 0.18 * np.clip(1 + 0.35 * _smooth_noise(shape, 4.0, rng), 0.2, None)
+    cytoplasm *= np.where(nuclei_labels > 0, 0.55, 1.0)
+    rim = 0.5 * np.exp(-0.5 * (to_edge / 1.2) ** 2) + 0.15 * np.exp(-to_edge / 5.0)
+    body = (cytoplasm + rim) * inside
+
+    fibres, filopodia = [], []
+    for i in range(n):
+        psi = rng.uniform(0, np.pi)
+        for _ in range(rng.integers(3, 10)):
+            rr = cells.radius[i] * 0.7 * np.sqrt(rng.random())
+            ang = rng.uniform(0, 2 * np.pi)
+            py, px = cells.cy[i] + rr * np.sin(ang), cells.cx[i] + rr * np.cos(ang)
+            direction = psi + rng.normal(0, 0.12)
+            half = cells.radius[i] * rng.uniform(0.4, 0.8)
+            fibres.append((py - half * np.sin(direction), px - half * np.cos(direction),
+                           py + half * np.sin(direction), px + half * np.cos(direction),
+                           rng.uniform(0.5, 1.0), i + 1))
+        for _ in range(rng.integers(4, 16)):
+            ang = rng.uniform(-np.pi, np.pi)
+            r0 = cells.radius[i] * (1 + sum(
+                cells.harmonics[i, j, 0] * np.cos(kk * ang) + cells.harmonics[i, j, 1] * np.sin(kk * ang)
+                for j, kk in enumerate(k)
+            )) - 1.0
+            direction = ang + rng.normal(0, 0.3)
+            length = rng.uniform(4.0, 16.0)
+            y0, x0 = cells.cy[i] + r0 * np.sin(ang), cells.cx[i] + r0 * np.cos(ang)
+            filopodia.append((y0, x0, y0 + length * np.sin(direction), x0 + length * np.cos(direction),
+                              rng.uniform(0.35, 0.7), i + 1))
+    fibre_layer = _draw_lines(shape, fibres, labels, lambda lab, cell: lab == cell)
+    filo_layer = _draw_lines(shape, filopodia, labels, lambda lab, cell: (lab == 0) | (lab == cell))
+    lines = ndimage.gaussian_filter(fibre_layer + filo_layer, 0.6)
+    return body + lines
+
+
+def simulate_objects(
+    shape: Sequence[int],
+    *,
+    seed: SeedLike,
+    channels: Sequence[str] = ("nuclei", "actin"),
+) -> np.ndarray:
+    """Fluorophore density of a field of U2OS-like cells.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Field size ``(Y, X)`` in pixels (at least 8 x 8). Sizes are in pixels
+        and fit the report's 0.3 um pixels: nuclei 18-30 px across, cells
+        about 55 px apart.
+    seed : int or numpy.random.SeedSequence
+        The field; the same seed and shape give the same cells.
+    channels : sequence of {"nuclei", "actin"}
+        Which stains to draw, in this order. The cells do not depend on which
+        channels are asked for.
+
+    Returns
+    -------
+    object : (C, Y, X) ndarray of float32
+        Non-negative, each channel scaled so its maximum is 1 (all zeros when
+        no cell reaches the field).
+    """
+    shape = _check_shape(shape)
+    channels = _check_channels(channels)
+    seq = _seed_sequence(seed)
+    cells = _place_cells(shape, _child(seq, 0))
+    nuclei, nuclei_labels = _render_nuclei(shape, cells, _child(seq, 1))
+    out = np.empty((len(channels), *shape), dtype=np.float32)
+    for c, name in enumerate(channels):
+        layer = nuclei if name == "nuclei" else _render_actin(shape, cells, nuclei_labels, _child(seq, 2))
+        layer = np.clip(layer, 0, None)
+        peak = layer.max()
+        out[c] = layer / peak if peak > 0 else layer
+    return out
+
+
+# --- fields ------------------------------------------------------------------------------------
+
+
+def field_padding(max_depth_um: float, optics: Optics = DEFAULT_OPTICS) -> int:
+    """Pixels of padding on each side that keep FFT wrap-around out of a crop.
+
+    The geometric blur radius ``|z| tan(asin(NA / n))`` plus six Airy radii
+    ``0.61 lambda / NA`` (the diffraction tail), plus two pixels.
+    """
+    geometric = abs(float(max_depth_um)) * math.tan(math.asin(optics.na / optics.immersion_index))
+    airy = 0.61 * optics.wavelength_um / optics.na
+    return int(math.ceil((geometric + 6 * airy) / optics.pixel_size_um)) + 2
+
+
+def _padded_shape(shape: tuple[int, int], pad: int) -> tuple[int, int]:
+    return tuple(scipy.fft.next_fast_len(n + 2 * pad, real=True) for n in shape)
+
+
+def _blur(spectrum: np.ndarray, big: tuple[int, int], z_um: float, optics: Optics) -> np.ndarray:
+    """``irfft2(spectrum * K_z)`` on the padded grid, one call for all channels."""
+    otf = defocus_otf(big, z_um, optics, real=True)
+    return scipy.fft.irfft2(spectrum * otf, s=big, axes=(-2, -1), workers=1)
+
+
+def simulate_field(
+    shape: Sequence[int],
+    depths_um: Sequence[float] = DEFAULT_DEPTHS_UM,
+    *,
+    seed: SeedLike,
+    optics: Optics = DEFAULT_OPTICS,
+    camera: Camera = DEFAULT_CAMERA,
+    channels: Sequence[str] = ("nuclei", "actin"),
+) -> SimulatedField:
+    """A noisy defocus stack of one field, with its ground truth.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Field size ``(Y, X)`` in pixels.
+    depths_um : sequence of float
+        Defocus distances of the planes, in um (sign is irrelevant: the PSF
+        is even in z).
+    seed : int or numpy.random.SeedSequence
+        Fixes the cells and the noise.
+    optics : Optics
+    camera : Camera
+    channels : sequence of {"nuclei", "actin"}
+
+    Returns
+    -------
+    SimulatedField
+        ``images`` (C, Z, Y, X) uint16, ``object`` and ``in_focus``
+        (C, Y, X) float32; see :class:`SimulatedField` for the scales.
+
+    Notes
+    -----
+    The cells are drawn on a field padded by :func:`field_padding` of the
+    largest depth on each side (rounded up to an FFT-friendly size), blurred
+    there by multiplying its ``rfft2`` with ``K_z`` (one forward transform
+    per channel, one inverse per depth) and cropped; so the cells in a field
+    depend on the seed, the shape and that padding, and the same seed with
+    the same largest depth and optics gives the same cells. Each channel is
+    scaled so that its noise-free in-focus image over the padded field peaks
+    at ``camera.photons`` photo-electrons above the offset (the crop peaks at
+    that value or below). The FFTs run on one
+    thread, as this is meant to run inside Dask tasks.
+    """
+    shape = _check_shape(shape)
+    depths = _check_depths(depths_um)
+    channels = _check_channels(channels)
+    if not isinstance(optics, Optics):
+        raise TypeError(f"optics must be an Optics, got {optics!r}")
+    if not isinstance(camera, Camera):
+        raise TypeError(f"camera must be a Camera, got {camera!r}")
+    seq = _seed_sequence(seed)
+
+    pad = field_padding(max(abs(z) for z in depths), optics)
+    big = _padded_shape(shape, pad)
+    y0, x0 = (big[0] - shape[0]) // 2, (big[1] - shape[1]) // 2
+    crop = (Ellipsis, slice(y0, y0 + shape[0]), slice(x0, x0 + shape[1]))
+
+    density = simulate_objects(big, seed=np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, 0)),
+                               channels=channels).astype(np.float64)
+    spectrum = scipy.fft.rfft2(density, axes=(-2, -1), workers=1)
+    focus_big = _blur(spectrum, big, 0.0, optics)
+    # Scale by the brightest in-focus pixel of the whole simulated neighbourhood, not of
+    # the crop: a crop that only catches the edge of a cell must stay dim, as on a
+    # microscope where every field of a plate shares the staining and the exposure.
+    peak = focus_big.max(axis=(-2, -1), keepdims=True)
+    focus = focus_big[crop]
+    scale = np.where(peak > 0, camera.photons / np.where(peak > 0, peak, 1), 0.0)
+
+    rng = _child(seq, 1)
+    images = np.empty((len(channels), len(depths), *shape), dtype=np.uint16)
+    for j, z in enumerate(depths):
+        mean = focus if z == 0 else _blur(spectrum, big, z, optics)[crop]
+        mean = np.clip(mean * scale, 0, None)
+        counts = rng.poisson(mean).astype(np.float64)
+        counts += rng.normal(camera.offset, camera.read_noise, counts.shape) if camera.read_noise else camera.offset
+        np.rint(counts, out=counts)
+        np.clip(counts, 0, camera.max_value, out=counts)
+        images[:, j] = counts
+    return SimulatedField(
+        images=images,
+        object=(density[crop] * scale).astype(np.float32),
+        in_focus=(camera.offset + focus * scale).astype(np.float32),
+    )
+
+
+# --- ground truth ------------------------------------------------------------------------------
+
+
+def radial_frequencies_for(shape: Sequence[int], pixel_size_um: float) -> np.ndarray:
+    """The radial frequency axis stored with ground truth: ``0 .. Nyquist`` in steps ``1/(N dx)``.
+
+    Returns
+    -------
+    freq : (max(Y, X) // 2 + 1,) ndarray of float64
+        cycles/um, ``N = max(Y, X)``.
+    """
+    shape = _check_shape(shape, minimum=2)
+    return np.fft.rfftfreq(max(shape), d=float(pixel_size_um))
+
+
+def true_otf_radial(depths_um: Sequence[float], freq: np.ndarray, optics: Optics = DEFAULT_OPTICS) -> np.ndarray:
+    """The model's isotropic OTF ``K_z(|nu|)`` for every depth.
+
+    Returns
+    -------
+    otf : (Z, F) ndarray of float64
+    """
+    depths = _check_depths(depths_um)
+    return np.stack([radial_otf(freq, z, optics) for z in depths])
+
+
+def simulate_plate(out: str | Path, **kwargs: Any) -> Path:  # pragma: no cover - replaced below
+    raise NotImplementedError("simulate_plate is being written; use simulate_field for now")
