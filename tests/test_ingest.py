@@ -1,0 +1,301 @@
+"""Tests for plate_refocus.ingest: TIFF folders (BBBC006 and pattern-named) -> OME-Zarr plates."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import tifffile
+
+from plate_refocus.errors import IngestError, OutputExistsError, PlateNotFoundError
+from plate_refocus.ingest import (
+    PRESETS,
+    Scan,
+    compile_template,
+    lazy_planes,
+    read_plane,
+    scan,
+)
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbbc006-sample"
+needs_sample = pytest.mark.skipif(
+    not (SAMPLE / "BBBC006_v1_images_z_00").is_dir(),
+    reason=f"the real BBBC006 sample is not at {SAMPLE} (it lives in ../shared beside the repo)",
+)
+BBBC006_NAME = "mcf-z-stacks-03212011_{well}_s{site}_w{channel}{uuid}.tif"
+
+
+def write_bbbc006_like(root: Path, *, wells=("a01", "b03"), sites=(1, 2), channels=(1, 2),
+                       planes=(0, 1, 2, 3), shape=(24, 40), seed=0, skip=()) -> dict:
+    """A small folder in the BBBC006 layout: one folder per plane, 12-bit LZW uint16 TIFFs.
+
+    ``skip`` holds (well, site, channel, plane) tuples not to write. Returns
+    (well, site, channel, plane) -> (path, pixels) of the files written.
+    """
+    rng = np.random.default_rng(seed)
+    written = {}
+    for z in planes:
+        folder = root / f"BBBC006_v1_images_z_{z:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for w in wells:
+            for s in sites:
+                for c in channels:
+                    if (w, s, c, z) in skip:
+                        continue
+                    pixels = rng.integers(0, 4096, size=shape, dtype=np.uint16)
+                    path = folder / BBBC006_NAME.format(well=w, site=s, channel=c, uuid=uuid.uuid4())
+                    tifffile.imwrite(path, pixels, compression="lzw")
+                    written[w, s, c, z] = (path, pixels)
+    return written
+
+
+class raise_if_computes:
+    """A scheduler that fails the test if anything is computed (xarray's raise_if_dask_computes)."""
+
+    def __enter__(self):
+        def scheduler(dsk, keys, **kwargs):
+            raise RuntimeError("building the graph must compute nothing")
+
+        self._config = dask.config.set(scheduler=scheduler)
+        self._config.__enter__()
+
+    def __exit__(self, *exc):
+        self._config.__exit__(*exc)
+
+
+# --- templates ----------------------------------------------------------------------------------
+
+
+def test_bbbc006_template_matches_real_names_with_uuid_after_channel():
+    regex = compile_template(PRESETS["bbbc006"].template)
+    m = regex.fullmatch(
+        "BBBC006_v1_images_z_33/mcf-z-stacks-03212011_p24_s2_w12703a47b-7574-461a-85e2-afc38bc0adae.tif"
+    )
+    assert m is not None
+    assert m.groupdict() == {"z": "33", "well": "p24", "site": "2", "channel": "1"}
+    assert regex.fullmatch("BBBC006_v1_images_z_33/other_p24_s2_w1.tif") is None
+
+
+def test_template_wildcard_stays_within_one_name_and_literals_are_escaped():
+    regex = compile_template("plate.{well}*.tif")
+    assert regex.fullmatch("plate.A01_whatever.TIF")
+    assert regex.fullmatch("plateXA01.tif") is None  # '.' is literal
+    assert regex.fullmatch("plate.A01/x.tif") is None  # '*' does not cross folders
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{well}_{colour}.tif", r"unknown field \{colour\}.*known fields are \{well\}"),
+        ("{well}_{z}_{z}.tif", r"field \{z\} appears twice"),
+        ("{well_{z}.tif", r"unbalanced .\{. at position 0"),
+        ("{well}_{z.tif", r"unbalanced '\{'"),
+        ("{well}}.tif", r"unbalanced '\}'"),
+        ("s{site}_{z}.tif", r"does not locate the well.*\{well\}.*\{row\} and \{column\}"),
+        ("{row}_{well}.tif", r"both \{well\} and \{row\}/\{column\}"),
+        ("{well:[}.tif", r"invalid regular expression"),
+    ],
+)
+def test_template_errors_say_what_is_wrong(template, message):
+    with pytest.raises(ValueError, match=message):
+        compile_template(template)
+
+
+def test_template_field_with_own_regex_containing_braces():
+    regex = compile_template(r"{well}_{z:\d{3}}.tif")
+    assert regex.fullmatch("B07_012.tif")["z"] == "012"
+    assert regex.fullmatch("B07_12.tif") is None
+
+
+# --- scanning -----------------------------------------------------------------------------------
+
+
+def test_scan_detects_planes_sites_channels_and_the_384_well_format(tmp_path):
+    write_bbbc006_like(tmp_path, wells=("a01", "p24"), planes=range(5))
+    found = scan(tmp_path, preset="bbbc006")
+    assert found.wells == ("A01", "P24")
+    assert found.sites == (1, 2)
+    assert found.channels == ("1", "2")
+    assert found.planes == (0, 1, 2, 3, 4)  # detected, not assumed
+    assert found.plate_format == 384  # row P is beyond a 96-well plate
+    assert found.shape == (2, 2, 2, 5)
+    assert found.missing == ()
+    assert found.missing_summary() == "no planes missing"
+
+
+@pytest.mark.parametrize(
+    ("wells", "expected"),
+    [(("a01", "h12"), 96), (("a01", "i01"), 384), (("a13",), 384), (("af48", "a01"), 1536)],
+)
+def test_plate_format_is_the_smallest_that_holds_every_well(tmp_path, wells, expected):
+    write_bbbc006_like(tmp_path, wells=wells, sites=(1,), channels=(1,), planes=(0,), shape=(4, 4))
+    found = scan(tmp_path)
+    assert found.plate_format == expected
+    if expected == 1536:
+        assert found.wells == ("A01", "AF48")  # two-letter rows come after Z
+
+
+def test_given_plate_format_too_small_is_refused(tmp_path):
+    write_bbbc006_like(tmp_path, wells=("a01", "p24"), sites=(1,), channels=(1,), planes=(0,), shape=(4, 4))
+    assert scan(tmp_path, plate_format=1536).plate_format == 1536
+    with pytest.raises(IngestError, match=r"beyond a 96-well plate.*highest row P, highest column 24"):
+        scan(tmp_path, plate_format=96)
+    with pytest.raises(ValueError, match=r"plate_format must be one of \[96, 384, 1536\]"):
+        scan(tmp_path, plate_format=100)
+
+
+def test_missing_file_and_missing_plane_are_reported_by_well_site_channel_plane(tmp_path):
+    write_bbbc006_like(tmp_path, planes=(0, 1, 3), skip={("b03", 2, 2, 1)})  # plane 2 absent everywhere
+    found = scan(tmp_path)
+    assert found.planes == (0, 1, 2, 3)  # the gap in the numbering is a missing plane
+    assert ("B03", 2, "2", 1) in found.missing
+    assert len(found.missing) == 2 * 2 * 2 + 1
+    assert found.missing_summary() == (
+        "9 of 32 planes missing: plane 2 missing in every well; well B03 site 2 channel 2: plane 1"
+    )
+
+
+def test_missing_summary_names_whole_fields_and_channels_and_is_cut_short(tmp_path):
+    write_bbbc006_like(
+        tmp_path, wells=("a01", "a02"), planes=(0, 1),
+        skip={("a01", 2, 1, 0), ("a01", 2, 1, 1), ("a01", 2, 2, 0), ("a01", 2, 2, 1),
+              ("a02", 1, 2, 0), ("a02", 1, 2, 1)},
+    )
+    found = scan(tmp_path)
+    assert found.missing_summary() == (
+        "6 of 16 planes missing: well A01 site 2: no files; well A02 site 1 channel 2: all planes"
+    )
+    assert found.missing_summary(limit=1).endswith("well A01 site 2: no files; ... and 1 more")
+
+
+def test_scan_of_the_real_sample_finds_six_fields(caplog):
+    if not SAMPLE.is_dir():
+        pytest.skip(f"the real BBBC006 sample is not at {SAMPLE}")
+    found = scan(SAMPLE)  # the BBBC006 preset is the default
+    assert found.wells == ("A01", "A19", "B01", "I07", "N06", "P24")
+    assert found.sites == (1, 2) and found.channels == ("1",) and found.planes == (0,)
+    assert found.plate_format == 384
+    assert len(found.files) == 6
+    # each well has one of its two sites in the sample
+    assert "well A01 site 2: no files; well A19 site 1: no files" in found.missing_summary()
+
+
+def test_unmatched_tiffs_are_logged_and_no_match_names_what_is_there(tmp_path, caplog):
+    write_bbbc006_like(tmp_path, wells=("a01",), sites=(1,), channels=(1,), planes=(0,), shape=(4, 4))
+    tifffile.imwrite(tmp_path / "BBBC006_v1_images_z_00" / "thumbnail.tif", np.zeros((4, 4), np.uint8))
+    (tmp_path / "BBBC006_v1_images_z_00" / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING, logger="plate_refocus.ingest"):
+        found = scan(tmp_path)
+    assert found.unmatched == ("BBBC006_v1_images_z_00/thumbnail.tif",)
+    assert "1 TIFF file(s)" in caplog.text and "thumbnail.tif" in caplog.text
+    with pytest.raises(IngestError, match=r"no file 0 folder\(s\) below .* matches pattern '\{well\}\.tif'"
+                       r".*pass pattern="):
+        scan(tmp_path, pattern="{well}.tif")
+    with pytest.raises(IngestError, match=r"files there look like \['BBBC006_v1_images_z_00/mcf"):
+        scan(tmp_path, pattern="z{z}/{well}.tif")
+
+
+def test_scan_argument_errors(tmp_path):
+    with pytest.raises(PlateNotFoundError, match=r"source folder .*nowhere.* does not exist"):
+        scan(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"unknown preset 'bbbc005'; known presets are \['bbbc006'\]"):
+        scan(tmp_path, preset="bbbc005")
+    with pytest.raises(TypeError, match="pattern must be a str template or a re.Pattern"):
+        scan(tmp_path, pattern=42)
+    with pytest.raises(TypeError, match="source must be a path"):
+        scan(None)
+
+
+def test_two_files_for_one_plane_are_refused(tmp_path):
+    write_bbbc006_like(tmp_path, wells=("a01",), sites=(1,), channels=(1,), planes=(0,), shape=(4, 4))
+    tifffile.imwrite(tmp_path / "BBBC006_v1_images_z_00" / BBBC006_NAME.format(
+        well="A01", site=1, channel=1, uuid="x"), np.zeros((4, 4), np.uint16))
+    with pytest.raises(IngestError, match=r"two files for well A01 site 1 channel 1 plane 0: .*remove one"):
+        scan(tmp_path)
+
+
+def test_row_column_pattern_with_plane_and_time_in_the_name(tmp_path):
+    # Operetta/Opera-style names: numeric rows, z and time in the name, all in one folder.
+    for t in (1, 2):
+        for z in (1, 2):
+            tifffile.imwrite(tmp_path / f"r03c11f01p{z:02d}-ch1sk{t}fk1fl1.tiff",
+                             np.full((4, 4), 10 * t + z, np.uint16))
+    template = "r{row}c{column}f{site}p{z}-ch{channel}sk{t}fk1fl1.tiff"
+    with pytest.raises(IngestError, match=r"2 time points found \(1-2\); pass timepoint="):
+        scan(tmp_path, pattern=template)
+    found = scan(tmp_path, pattern=template, timepoint=2)
+    assert found.wells == ("C11",) and found.planes == (1, 2) and found.plate_format == 96
+    assert lazy_planes(found)[0, 0, 0, :, 0, 0].compute().tolist() == [21, 22]
+    with pytest.raises(IngestError, match=r"timepoint 3 not found; time points are 1-2"):
+        scan(tmp_path, pattern=template, timepoint=3)
+
+
+def test_a_compiled_regex_is_accepted_and_checked(tmp_path):
+    tifffile.imwrite(tmp_path / "B02.tif", np.ones((4, 4), np.uint16))
+    found = scan(tmp_path, pattern=re.compile(r"(?P<well>[A-H]\d\d)\.tif"))
+    assert found.wells == ("B02",) and found.shape == (1, 1, 1, 1)
+    with pytest.raises(ValueError, match="does not locate the well"):
+        scan(tmp_path, pattern=re.compile(r"(?P<z>\d+)\.tif"))
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def test_read_plane_reads_lzw_and_names_bad_files(tmp_path):
+    pixels = np.arange(12 * 16, dtype=np.uint16).reshape(12, 16)
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, pixels, compression="lzw")
+    np.testing.assert_array_equal(read_plane(good, shape=(12, 16), dtype=np.uint16), pixels)
+
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"not a tiff at all")
+    with pytest.raises(IngestError, match=r"cannot read TIFF '.*garbage\.tif': TiffFileError"):
+        read_plane(garbage)
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(IngestError, match=r"cannot read TIFF '.*truncated\.tif'"):
+        read_plane(truncated)
+    with pytest.raises(IngestError, match=r"'.*good\.tif' has shape \(12, 16\), but the plate's planes are \(8, 8\)"):
+        read_plane(good, shape=(8, 8))
+    with pytest.raises(IngestError, match=r"has dtype uint16, but the plate's planes are uint8"):
+        read_plane(good, dtype=np.uint8)
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((3, 4, 4), np.uint16))
+    with pytest.raises(IngestError, match=r"holds an array of shape \(3, 4, 4\), not one 2-D plane"):
+        read_plane(stack)
+
+
+def test_lazy_planes_builds_one_task_per_plane_without_reading(tmp_path):
+    written = write_bbbc006_like(tmp_path, planes=(0, 1, 2), skip={("a01", 1, 2, 1)})
+    found = scan(tmp_path)
+    with raise_if_computes():
+        images = lazy_planes(found, shape=(24, 40), dtype=np.uint16)
+    assert images.shape == (2, 2, 2, 3, 24, 40)
+    assert images.chunksize == (1, 1, 1, 1, 24, 40)
+    assert images.dtype == np.uint16
+    values = images.compute()
+    for (w, s, c, z), (_, pixels) in written.items():
+        index = (found.wells.index(w.upper()), found.sites.index(s), found.channels.index(str(c)), z)
+        np.testing.assert_array_equal(values[index], pixels)
+    assert not values[0, 0, 1, 1].any()  # the missing file reads as zeros
+
+
+def test_lazy_planes_probes_the_first_file_and_names_an_unreadable_one(tmp_path):
+    written = write_bbbc006_like(tmp_path, wells=("a01",), sites=(1,), channels=(1,), planes=(0, 1))
+    found = scan(tmp_path)
+    images = lazy_planes(found)
+    assert images.shape == (1, 1, 1, 2, 24, 40)
+    bad = written["a01", 1, 1, 1][0]
+    bad.write_bytes(b"broken")
+    with pytest.raises(IngestError, match=re.escape(repr(str(bad)))):
+        images.compute()
+    with pytest.raises(TypeError, match="found must be a Scan"):
+        lazy_planes(tmp_path)
+    assert isinstance(found, Scan)
