@@ -22,6 +22,10 @@ from .errors import (
     PlateNotFoundError,
     PlateRefocusError,
 )
+
+# Imported eagerly (it needs only NumPy): the function shares its module's name, and a lazy
+# import would leave `plate_refocus.ingest` bound to the module once anything imports it.
+from .ingest import ingest
 from .optics import Optics, defocus_otf, defocus_psf, radial_otf
 
 __version__ = "0.1.0"
@@ -38,7 +42,6 @@ _LAZY = {
     "load_model": "unet",
     "run_plate": "pipeline",
     "open_results": "pipeline",
-    "ingest": "ingest",
 }
 
 __all__ = [
@@ -56,6 +59,7 @@ __all__ = [
     "IngestError",
     "ClusterError",
     "OpticsMismatchWarning",
+    "ingest",
     "__version__",
     *_LAZY,
 ]
