@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -584,5 +585,149 @@ def true_otf_radial(depths_um: Sequence[float], freq: np.ndarray, optics: Optics
     return np.stack([radial_otf(freq, z, optics) for z in depths])
 
 
-def simulate_plate(out: str | Path, **kwargs: Any) -> Path:  # pragma: no cover - replaced below
-    raise NotImplementedError("simulate_plate is being written; use simulate_field for now")
+def _field_task(shape, depths, seed_key, optics, camera, channels) -> SimulatedField:
+    return simulate_field(shape, depths, seed=np.random.SeedSequence(list(seed_key)),
+                          optics=optics, camera=camera, channels=channels)
+
+
+def _get(field: SimulatedField, name: str) -> np.ndarray:
+    return getattr(field, name)[None, None]
+
+
+def simulate_plate(
+    out: str | Path,
+    *,
+    rows: int = 2,
+    columns: int = 3,
+    fields: int = 2,
+    depths_um: Sequence[float] = DEFAULT_DEPTHS_UM,
+    size: Sequence[int] = (128, 128),
+    seed: int = 0,
+    optics: Optics = DEFAULT_OPTICS,
+    camera: Camera = DEFAULT_CAMERA,
+    channels: Sequence[str] = ("nuclei", "actin"),
+    plate_format: int = 96,
+    ngff_version: str = "0.5",
+    client: Any = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Simulate a plate and write it as an OME-Zarr HCS plate with its ground truth.
+
+    The plate is one Dask graph: a task per field (:func:`simulate_field`),
+    whose images and ground truth are written straight into the zarr arrays
+    by :func:`plate_refocus.plate.write_plate`, so the wells are simulated and
+    written in parallel and each worker holds only the fields it is working on.
+
+    Parameters
+    ----------
+    out : str or Path
+        The new plate folder.
+    rows, columns : int
+        The first ``rows`` x ``columns`` wells of the plate are acquired
+        (A01, A02, ..., B01, ...).
+    fields : int
+        Fields per well.
+    depths_um : sequence of float
+        Defocus of each plane in um; plane ``depths_um.index(0)`` (if any) is
+        recorded as the focal plane.
+    size : (int, int)
+        Field size ``(Y, X)`` in pixels.
+    seed : int
+        Field ``f`` of the well at 0-based row ``r``, column ``c`` of the plate
+        uses ``SeedSequence([seed, r * plate_columns + c, f])``: a well's
+        images do not depend on which other wells are simulated.
+    optics : Optics
+    camera : Camera
+    channels : sequence of {"nuclei", "actin"}
+    plate_format : {96, 384, 1536}
+        The physical plate (all its rows and columns are listed in the metadata).
+    ngff_version : {"0.5", "0.4"}
+    client : distributed.Client, optional
+        Where to run; by default a new ``LocalCluster`` of ``workers``
+        single-threaded processes (default: one per core) is started and
+        closed.
+    workers : int, optional
+        Worker processes of that local cluster.
+    overwrite : bool
+        Replace an existing zarr store at ``out``.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    import dask
+    import dask.array as da
+
+    from .plate import _check_plate_format, _prepare_output, _wells_for, parse_well, write_plate
+
+    for name, value in (("rows", rows), ("columns", columns), ("fields", fields)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
+    n_rows, n_columns = _check_plate_format(plate_format)
+    wells = _wells_for(rows, columns, plate_format)
+    shape = _check_shape(size)
+    depths = _check_depths(depths_um)
+    channels = _check_channels(channels)
+    if not isinstance(optics, Optics):
+        raise TypeError(f"optics must be an Optics, got {optics!r}")
+    if not isinstance(camera, Camera):
+        raise TypeError(f"camera must be a Camera, got {camera!r}")
+    _prepare_output(out, overwrite)  # fail before starting a cluster
+    n_c, n_z = len(channels), len(depths)
+
+    images, objects, in_focus = [], [], []
+    for well in wells:
+        r, c = parse_well(well)
+        well_index = r * n_columns + (c - 1)
+        per_field = {"images": [], "object": [], "in_focus": []}
+        for f in range(fields):
+            field = dask.delayed(_field_task, pure=True)(
+                shape, depths, (int(seed), well_index, f), optics, camera, channels,
+                dask_key_name=f"simulate_field-{well}-{f}-{dask.base.tokenize(out, seed, shape, depths)}",
+            )
+            for name, dims, dtype in (("images", (n_c, n_z), np.uint16),
+                                      ("object", (n_c,), np.float32),
+                                      ("in_focus", (n_c,), np.float32)):
+                per_field[name].append(da.from_delayed(
+                    dask.delayed(_get, pure=True)(field, name), shape=(1, 1, *dims, *shape),
+                    dtype=dtype, meta=np.empty((0,) * (4 + len(dims)), dtype=dtype),
+                ))
+        images.append(da.concatenate(per_field["images"], axis=1))
+        objects.append(da.concatenate(per_field["object"], axis=1))
+        in_focus.append(da.concatenate(per_field["in_focus"], axis=1))
+    freq = radial_frequencies_for(shape, optics.pixel_size_um)
+    ground_truth = {
+        "object": da.concatenate(objects, axis=0),
+        "in_focus": da.concatenate(in_focus, axis=0),
+        "otf_radial": true_otf_radial(depths, freq, optics),
+        "freq": freq,
+    }
+    focal = [j for j, z in enumerate(depths) if z == 0]
+    write = dict(
+        wells=wells, optics=optics, camera=camera, z_um=depths, channel_names=channels,
+        plate_rows=n_rows, plate_columns=n_columns, focal_plane=focal[0] if focal else None,
+        ngff_version=ngff_version, ground_truth=ground_truth, overwrite=overwrite,
+        extra_attrs={"simulation": {"seed": int(seed), "size": list(shape), "plate_format": plate_format,
+                                    "seeding": "SeedSequence([seed, row * plate_columns + column - 1, field])"}},
+    )
+    stack = da.concatenate(images, axis=0)
+    if client is not None:
+        with dask.config.set(scheduler=client):
+            return write_plate(out, stack, **write)
+    from distributed import Client, LocalCluster
+
+    n_workers = workers or max(1, len(os.sched_getaffinity(0)))
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as own:
+        log.info("simulating %d fields on %d workers; dashboard: %s", len(wells) * fields,
+                 n_workers, own.dashboard_link)
+        with dask.config.set(scheduler=own):
+            return write_plate(out, stack, **write)
