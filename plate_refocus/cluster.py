@@ -222,7 +222,8 @@ def start_client(kind: str = "local", **options: Any) -> Iterator[Any]:
     kind : {"local", "slurm", "pbs", "sge", "lsf", "htcondor"}
         Where the workers run. Ignored when ``scheduler`` is given.
     **options
-        ``scheduler`` (address or scheduler file: attach, start nothing);
+        ``scheduler`` (address or scheduler file: attach, start nothing) with
+        ``timeout`` (seconds or a Dask duration, default 20 s) for reaching it;
         otherwise the options of :func:`make_cluster`.
 
     Yields
@@ -240,8 +241,9 @@ def start_client(kind: str = "local", **options: Any) -> Iterator[Any]:
     from distributed import Client
 
     scheduler = options.pop("scheduler", None)
+    timeout = options.pop("timeout", _CONNECT_TIMEOUT)
     if scheduler:
-        with _attach(scheduler, tls=options.get("tls")) as client:
+        with _attach(scheduler, tls=options.get("tls"), timeout=timeout) as client:
             yield client
         return
     cluster = make_cluster(kind, **options)
@@ -264,7 +266,7 @@ def start_client(kind: str = "local", **options: Any) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _attach(scheduler: str, *, tls: bool | None) -> Iterator[Any]:
+def _attach(scheduler: str, *, tls: bool | None, timeout: str | float) -> Iterator[Any]:
     from distributed import Client
 
     if not isinstance(scheduler, str):
@@ -283,7 +285,7 @@ def _attach(scheduler: str, *, tls: bool | None) -> Iterator[Any]:
     if tls is False and scheduler.startswith("tls://"):
         raise ClusterError(f"scheduler {scheduler!r} uses TLS but --no-tls was given")
     try:
-        client = Client(timeout=_CONNECT_TIMEOUT, **kwargs)
+        client = Client(timeout=timeout, **kwargs)
     except (OSError, TimeoutError, ValueError, TypeError) as error:
         hint = ""
         if scheduler.startswith("tls://"):
@@ -333,7 +335,8 @@ def make_cluster(
     kind : {"local", "slurm", "pbs", "sge", "lsf", "htcondor"}
     workers, threads_per_worker : int, optional
         Local only: worker processes (default one per usable core) and threads
-        per process (default 1).
+        per process (default 1). ``n_workers`` is accepted for ``workers``, as
+        in :class:`distributed.LocalCluster`.
     memory : str, optional
         Local: memory limit per worker (default: the machine's memory shared
         out). Jobqueue: memory per job.
@@ -374,6 +377,10 @@ def make_cluster(
     """
     if kind not in CLUSTER_KINDS:
         raise ValueError(f"kind must be one of {CLUSTER_KINDS}, got {kind!r}")
+    if "n_workers" in job_kwargs:
+        if workers is not None:
+            raise TypeError("give workers= or n_workers=, not both")
+        workers = job_kwargs.pop("n_workers")
     for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker),
                         ("jobs", jobs), ("min_jobs", min_jobs), ("max_jobs", max_jobs),
                         ("cores", cores), ("processes", processes)):
@@ -511,16 +518,24 @@ def _jobqueue_cluster(kind, *, memory, jobs, min_jobs, max_jobs, cores, processe
     options.update(scheduler_options)
     options.setdefault("dashboard_address", dashboard_address)
     kwargs["scheduler_options"] = options
+    # Job logs: `~` and $VARS are expanded here (sbatch/qsub would not) and the folder made.
+    logs = kwargs.get("log_directory", dask.config.get(f"{conf}.log-directory", None))
+    if logs:
+        kwargs["log_directory"] = os.path.expanduser(os.path.expandvars(str(logs)))
+        os.makedirs(kwargs["log_directory"], exist_ok=True)
     if tls:
         kwargs["security"] = _temporary_security()
         kwargs["protocol"] = "tls://"
-        if (kwargs.get("shared_temp_directory") is None
-                and dask.config.get(f"{conf}.shared-temp-directory", None) is None):
-            # Worker jobs read the temporary certificates from here: the home
-            # directory is shared with compute nodes on every cluster we know.
-            directory = os.path.join(os.path.expanduser("~"), ".plate-refocus", "tls")
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            kwargs["shared_temp_directory"] = directory
+        # Worker jobs read the temporary certificates from here, so it must be on a file
+        # system the compute nodes see: by default the home directory, shared on every
+        # cluster we know. The job script keeps `~`/$VARS for the node's shell to expand.
+        shared = kwargs.get("shared_temp_directory",
+                            dask.config.get(f"{conf}.shared-temp-directory", None))
+        if shared is None:
+            shared = kwargs["shared_temp_directory"] = os.path.join(
+                os.path.expanduser("~"), ".plate-refocus", "tls")
+        os.makedirs(os.path.expanduser(os.path.expandvars(str(shared))), mode=0o700,
+                    exist_ok=True)
 
     if check_submit:
         command = cls.job_cls.submit_command

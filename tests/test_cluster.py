@@ -1,0 +1,261 @@
+"""plate_refocus.cluster on real Dask clusters (worker processes, TLS, GPU resources)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import urllib.request
+from pathlib import Path
+
+import dask
+import dask.array as da
+import dask_jobqueue  # noqa: F401  (loads the jobqueue config defaults before tests change it)
+import numpy as np
+import pytest
+import yaml
+from distributed import Client, Nanny, Scheduler, SpecCluster, get_worker
+from distributed.comm.core import CommClosedError
+from distributed.security import Security
+
+from plate_refocus import cluster
+from plate_refocus.errors import ClusterError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "cluster"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A private home directory: TLS certificates for job scripts land here."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    return cluster.add_cluster_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+# --- local clusters ---------------------------------------------------------------------------
+
+
+def test_local_client_from_args_has_worker_processes_and_a_live_dashboard():
+    with cluster.client_from_args(_parse("--workers", "2", "--dashboard-address", ":0")) as client:
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == 2
+        assert all(w["nthreads"] == 1 for w in workers.values())
+        pids = set(client.run(os.getpid).values())
+        assert len(pids) == 2 and os.getpid() not in pids
+        assert client.submit(np.add, 1, 2).result() == 3
+        with urllib.request.urlopen(client.dashboard_link, timeout=10) as response:
+            assert response.status == 200
+        address = client.scheduler.address
+    # Closed on exit: nothing listens there any more.
+    with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"):
+        with cluster.start_client(scheduler=address, timeout="2s"):
+            pass
+
+
+def test_attach_to_running_scheduler_by_address():
+    with cluster.start_client("local", workers=1, dashboard_address=":0") as first:
+        with cluster.client_from_args(_parse("--scheduler", first.scheduler.address)) as second:
+            assert second.scheduler.address == first.scheduler.address
+            assert second.submit(np.multiply, 3, 4).result() == 12
+        # Detaching does not close the cluster it attached to.
+        assert first.submit(np.multiply, 2, 4).result() == 8
+
+
+def test_missing_scheduler_file_is_a_cluster_error(tmp_path):
+    missing = tmp_path / "scheduler.json"
+    with pytest.raises(ClusterError, match="dask scheduler --scheduler-file"):
+        with cluster.start_client(scheduler=str(missing)):
+            pass
+
+
+def test_local_gpu_flag_gives_workers_the_gpu_resource():
+    with cluster.client_from_args(_parse("--workers", "1", "--gpu", "--dashboard-address", ":0")) as client:
+        (worker,) = client.scheduler_info()["workers"].values()
+        assert worker["resources"] == {cluster.GPU_RESOURCE: 1}
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "error", "match"),
+    [
+        ("kubernetes", {}, ValueError, "kind must be one of"),
+        ("local", {"jobs": 2}, ValueError, r"only apply to jobqueue kinds"),
+        ("local", {"workers": 0}, ValueError, "workers must be >= 1"),
+        ("local", {"workers": 1.5}, TypeError, "workers must be an int"),
+        ("slurm", {"workers": 2}, ValueError, "use jobs="),
+        ("slurm", {"min_jobs": 3, "max_jobs": 1}, ValueError, "must not exceed"),
+        ("slurm", {"job_extra": "--gres=gpu:1"}, TypeError, "not a string"),
+    ],
+)
+def test_make_cluster_checks_arguments(kind, options, error, match):
+    with pytest.raises(error, match=match):
+        cluster.make_cluster(kind, **options)
+
+
+def test_jobqueue_without_cores_says_which_setting_to_give(home):
+    with dask.config.set({"jobqueue.slurm.cores": None, "jobqueue.slurm.memory": None}):
+        with pytest.raises(ClusterError, match=r"--cores, or set `jobqueue.slurm.cores`"):
+            cluster.job_script(kind="slurm", memory="1GB")
+
+
+def test_jobqueue_without_submit_command_says_where_to_run(home, monkeypatch):
+    monkeypatch.setenv("PATH", str(home))  # no qsub here
+    with pytest.raises(ClusterError, match="'qsub', which is not on PATH"):
+        cluster.make_cluster("pbs", cores=1, memory="1GB", tls=False)
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+
+def test_tls_scheduler_refuses_clients_without_its_credentials():
+    with cluster.start_client("local", workers=1, tls=True, dashboard_address=":0") as client:
+        address = client.scheduler.address
+        assert address.startswith("tls://")
+        assert client.submit(np.add, 2, 2).result() == 4
+        # Other (valid, self-signed) credentials: the TLS handshake fails.
+        with pytest.raises(CommClosedError, match="certificate"):
+            Client(address, security=Security.temporary(), timeout="5s")
+        # Plain TCP to the TLS port: the scheduler drops the connection.
+        with pytest.raises(OSError):
+            Client(address.replace("tls://", "tcp://"), timeout="5s")
+        # No credentials at all, through our own entry point: a ClusterError.
+        with pytest.raises(ClusterError, match="TLS"):
+            with cluster.start_client(scheduler=address, timeout="5s"):
+                pass
+        # The cluster survived the attempts.
+        assert client.submit(np.add, 3, 3).result() == 6
+
+
+# --- GPU routing ------------------------------------------------------------------------------
+
+
+def _has_gpu(block: np.ndarray) -> np.ndarray:
+    """1.0 where the task ran on a worker with the GPU resource, else 0.0."""
+    worker = get_worker()
+    return np.full(block.shape, float(worker.state.total_resources.get("GPU", 0) > 0))
+
+
+def _mixed_graph(n: int):
+    """Unannotated tasks around one annotated layer, all fusable by Dask's optimiser."""
+    x = da.ones((n, 4, 4), chunks=(1, 4, 4)) + 1
+    before = x.map_blocks(_has_gpu, dtype=float)  # unannotated: anywhere
+    with cluster.gpu_tasks():
+        on_gpu = (x * 2).map_blocks(_has_gpu, dtype=float)
+    after = (on_gpu - 1 + 1)
+    with cluster.gpu_tasks(False):  # disabled: a no-op
+        anywhere = before * 1
+    return after[:, 0, 0], anywhere[:, 0, 0]
+
+
+@pytest.fixture(scope="module")
+def mixed_client():
+    """One CPU and one GPU worker process (GPU=1 resource), one thread each."""
+    workers = {
+        "cpu": {"cls": Nanny, "options": {"nthreads": 1}},
+        "gpu": {"cls": Nanny, "options": {"nthreads": 1,
+                                          "resources": {cluster.GPU_RESOURCE: 1}}},
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    with SpecCluster(scheduler=scheduler, workers=workers) as spec, Client(spec) as client:
+        client.wait_for_workers(2)
+        yield client
+
+
+def test_annotated_tasks_run_only_on_gpu_workers_after_optimisation(mixed_client):
+    n = 24
+    gpu_flags, any_flags = cluster.compute(*_mixed_graph(n), client=mixed_client)
+    assert gpu_flags.tolist() == [1.0] * n
+    # Unannotated tasks are free to run anywhere, and with two busy workers some do run on
+    # the CPU worker.
+    assert 0 < any_flags.sum() < n
+    # The restriction is what the scheduler saw, not luck.
+    restrictions = mixed_client.run_on_scheduler(
+        lambda dask_scheduler: {
+            str(key): ts.resource_restrictions for key, ts in dask_scheduler.tasks.items()
+        }
+    )
+    annotated = {k: r for k, r in restrictions.items() if r}
+    assert annotated and all(r == {cluster.GPU_RESOURCE: 1} for r in annotated.values())
+
+
+# --- job scripts --------------------------------------------------------------------------------
+
+
+def _example(name: str) -> dict:
+    """An example jobqueue.yaml as dotted keys, merged over the defaults as Dask merges files."""
+    (kind, settings), = yaml.safe_load((EXAMPLES / name).read_text())["jobqueue"].items()
+    return {f"jobqueue.{kind}.{key}": value for key, value in settings.items()}
+
+
+@pytest.mark.parametrize(
+    ("example", "kind", "argv", "expected"),
+    [
+        ("slurm-cpu.yaml", "slurm", [],
+         ["#SBATCH -J plate-refocus", "--cpus-per-task=4", "--mem=15G", "-t 04:00:00",
+          "--lifetime", "--lifetime-stagger", "--tls-ca-file", "export OMP_NUM_THREADS=1",
+          "--local-directory ${TMPDIR:-/tmp}"]),
+        ("slurm-gpu.yaml", "slurm", ["--gpu"],
+         ["#SBATCH --gres=gpu:1", "#SBATCH -p gpu", "--resources GPU=1", "--lifetime",
+          "TF_FORCE_GPU_ALLOW_GROWTH"]),
+        ("slurm-cpu.yaml", "slurm",
+         ["--cores", "2", "--memory", "4GB", "--walltime", "00:30:00", "--queue", "short",
+          "--account", "lab42", "--job-extra=--qos=low", "--no-tls", "--lifetime", "none"],
+         ["--cpus-per-task=2", "-p short", "-A lab42", "#SBATCH --qos=low", "-t 00:30:00"]),
+        ("pbs.yaml", "pbs", ["--account", "lab42"],
+         ["#PBS -N plate-refocus", "#PBS -l select=1:ncpus=4:mem=15GB", "#PBS -A lab42",
+          "--lifetime"]),
+    ],
+)
+def test_job_script_for_each_example_config(home, example, kind, argv, expected):
+    with dask.config.set(_example(example)):
+        script = cluster.job_script(_parse("--cluster", kind, *argv))
+    for text in expected:
+        assert text in script, f"{text!r} missing from\n{script}"
+    if "--no-tls" in argv:
+        assert "--tls" not in script and "tcp://" in script
+    else:
+        assert "tls://" in script
+    if "--lifetime" in argv:
+        assert "--lifetime" not in script
+    if "--gpu" not in argv:
+        assert "--resources" not in script
+    assert (home / ".plate-refocus" / "logs").is_dir()
+
+
+def test_job_script_for_local_and_attached_runs_is_a_comment():
+    assert cluster.job_script(_parse()).startswith("# --cluster local")
+    assert "no job script" in cluster.job_script(_parse("--scheduler", "tcp://h:8786"))
+
+
+def test_cli_flags_map_onto_start_client_options():
+    options = cluster.cluster_options_from_args(
+        _parse("--cluster", "slurm", "--jobs", "3", "--job-extra=--gres=gpu:1",
+               "--job-extra=--qos=x", "--gpu", "--no-tls", "--interface", "ib0")
+    )
+    assert options["jobs"] == 3 and options["gpu"] is True and options["tls"] is False
+    assert options["job_extra"] == ("--gres=gpu:1", "--qos=x")
+    assert options["interface"] == "ib0"
+    assert _parse().tls is None  # default: on for jobqueue kinds, off for local
+
+
+# --- walltime -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "seconds"),
+    [("30", "slurm", 1800), ("30:15", "slurm", 1815), ("02:00:00", "pbs", 7200),
+     ("1-00:00:00", "slurm", 86400), ("2-06", "slurm", 54 * 3600), ("4:30", "lsf", 16200),
+     ("90", "lsf", 5400), ("soon", "slurm", None)],
+)
+def test_parse_walltime(text, kind, seconds):
+    assert cluster.parse_walltime(text, kind=kind) == seconds
+
+
+def test_lifetime_retires_workers_before_the_walltime_with_a_margin():
+    for walltime in (600, 3600, 4 * 3600, 48 * 3600):
+        life, stagger = cluster.lifetime_for_walltime(walltime)
+        assert 0 < stagger <= 300
+        assert life - stagger > 0.5 * walltime
+        assert life + stagger <= walltime - 60
+    assert cluster.lifetime_for_walltime(120) == (None, 0)
