@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from . import __version__
@@ -60,9 +61,146 @@ def _optics_from_args(args: argparse.Namespace) -> Optics:
 # Each command: _add_<name>(subparsers) and _cmd_<name>(args) -> int.
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 8:
+        raise argparse.ArgumentTypeError(f"expected a size like 256 or 256x192 (Y x X, >= 8), got {text!r}")
+    return values[0], values[1]
+
+
+def _add_simulate(subparsers) -> None:
+    from .plate import PLATE_FORMATS
+    from .simulate import CHANNELS, DEFAULT_DEPTHS_UM, Camera
+
+    camera = Camera()
+    p = subparsers.add_parser(
+        "simulate",
+        help="simulate a plate of U2OS-like cells with defocus stacks (OME-Zarr HCS)",
+        description="Simulate a plate of U2OS-like fields (nuclei and actin) imaged at several "
+        "defocus depths with camera noise, as a Dask graph on a local cluster that writes the "
+        "wells in parallel, into the OME-Zarr HCS plate OUT (NGFF 0.5, zarr v3), with the ground "
+        "truth (object, in-focus image, true OTF per depth) in OUT/ground_truth.",
+    )
+    p.add_argument("out", metavar="OUT", help="plate to write, e.g. plate.zarr")
+    layout = p.add_argument_group("plate")
+    layout.add_argument("--rows", type=_positive_int, default=2,
+                        help="rows of wells to acquire, from A (default 2)")
+    layout.add_argument("--columns", type=_positive_int, default=3,
+                        help="columns of wells to acquire, from 1 (default 3)")
+    layout.add_argument("--fields", type=_positive_int, default=2, help="fields per well (default 2)")
+    layout.add_argument("--plate-format", type=int, default=96, choices=sorted(PLATE_FORMATS),
+                        help="wells on the physical plate (default 96)")
+    layout.add_argument("--depths", type=_float_list, default=list(DEFAULT_DEPTHS_UM),
+                        help="comma-separated defocus depths in um (default "
+                        + ",".join(f"{z:g}" for z in DEFAULT_DEPTHS_UM) + ")")
+    layout.add_argument("--size", type=_size, default=(128, 128),
+                        help="field size in pixels, N or YxX (default 128)")
+    layout.add_argument("--channels", default=",".join(CHANNELS),
+                        help="comma-separated stains among " + ", ".join(CHANNELS)
+                        + " (default " + ",".join(CHANNELS) + ")")
+    layout.add_argument("--seed", type=int, default=0, help="random seed of the plate (default 0)")
+    layout.add_argument("--ngff-version", choices=["0.5", "0.4"], default="0.5",
+                        help="0.5 writes zarr v3 (default), 0.4 writes zarr v2 for older readers")
+    _add_optics_arguments(p)
+    cam = p.add_argument_group("camera")
+    cam.add_argument("--photons", type=float, default=camera.photons,
+                     help=f"photo-electrons at the brightest in-focus pixel (default {camera.photons:g})")
+    cam.add_argument("--read-noise", type=float, default=camera.read_noise,
+                     help=f"read noise in ADU (default {camera.read_noise:g})")
+    cam.add_argument("--offset", type=float, default=camera.offset,
+                     help=f"camera offset in ADU (default {camera.offset:g})")
+    cam.add_argument("--bit-depth", type=int, default=camera.bit_depth,
+                     help=f"camera bit depth (default {camera.bit_depth})")
+    run = p.add_argument_group("run")
+    run.add_argument("--workers", type=_positive_int, default=None,
+                     help="worker processes of the local Dask cluster (default: one per core)")
+    run.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    run.add_argument("--no-progress", action="store_true",
+                     help="do not show the progress bar and dashboard link (shown only on a terminal)")
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import Camera, simulate_plate
+
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+    if args.verbose < 2:
+        import distributed  # noqa: F401  (its import sets its log level; quieten it after)
+
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    start = time.perf_counter()
+    try:
+        optics = _optics_from_args(args)
+        camera = Camera(photons=args.photons, read_noise=args.read_noise, offset=args.offset,
+                        bit_depth=args.bit_depth)
+        out = simulate_plate(
+            args.out, rows=args.rows, columns=args.columns, fields=args.fields, depths_um=args.depths,
+            size=args.size, seed=args.seed, optics=optics, camera=camera, channels=channels,
+            plate_format=args.plate_format, ngff_version=args.ngff_version, workers=args.workers,
+            overwrite=args.overwrite, progress=not args.no_progress and sys.stdout.isatty(),
+        )
+    except (ValueError, TypeError) as error:
+        if isinstance(error, PlateRefocusError):
+            raise
+        print(f"plate-refocus simulate: error: {error}", file=sys.stderr)
+        return 2
+    n = args.rows * args.columns
+    print(f"wrote {out}: {n} wells x {args.fields} fields x {len(channels)} channels x "
+          f"{len(args.depths)} planes of {args.size[0]}x{args.size[1]} px "
+          f"in {time.perf_counter() - start:.1f} s")
+    print(f"see it with:  plate-refocus info {out}")
+    return 0
+
+
+def _add_info(subparsers) -> None:
+    p = subparsers.add_parser(
+        "info",
+        help="describe a plate: wells, fields, channels, planes, shape, pixel size, size on disk",
+        description="Describe the OME-Zarr HCS plate PLATE from its metadata (no pixels are read): "
+        "wells, fields, channels, planes and their depths, shape, dtype, pixel size, z step, "
+        "size on disk and whether it carries simulation ground truth.",
+    )
+    p.add_argument("plate", metavar="PLATE", help="an OME-Zarr HCS plate (NGFF 0.5 or 0.4)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+
+    from .plate import format_info, plate_info
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = plate_info(args.plate)
+    for warning in caught:
+        print(f"plate-refocus info: warning: {warning.message}", file=sys.stderr)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 _COMMANDS: list[tuple[str, Callable]] = []  # (name, _add_<name>) in --help order
+_COMMANDS.append(("simulate", _add_simulate))
+_COMMANDS.append(("info", _add_info))
 
 
 def build_parser() -> argparse.ArgumentParser:

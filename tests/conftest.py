@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import zarr
+import zarr.storage
 
 TINY = {
     "rows": 1,
@@ -46,3 +48,41 @@ def tiny_plate(tmp_path_factory, client):
 
     out = tmp_path_factory.mktemp("tiny") / "tiny.zarr"
     return simulate_plate(out, client=client, **TINY)
+
+
+class ChunkReads:
+    """Counts reads of chunk keys (not metadata) through any LocalStore, and any writes."""
+
+    METADATA = ("zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata")
+
+    def __init__(self, monkeypatch):
+        self.chunks: list[str] = []
+        self.writes: list[str] = []
+        self.read_only: list[bool] = []
+        get, init, set_ = zarr.storage.LocalStore.get, zarr.storage.LocalStore.__init__, zarr.storage.LocalStore.set
+        counter = self
+
+        async def counting_get(self, key, *args, **kwargs):
+            if not key.endswith(counter.METADATA):
+                counter.chunks.append(key)
+            return await get(self, key, *args, **kwargs)
+
+        async def recording_set(self, key, value):
+            counter.writes.append(key)
+            return await set_(self, key, value)
+
+        def recording_init(self, root, *, read_only=False):
+            counter.read_only.append(read_only)
+            init(self, root, read_only=read_only)
+
+        monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+        monkeypatch.setattr(zarr.storage.LocalStore, "set", recording_set)
+        monkeypatch.setattr(zarr.storage.LocalStore, "__init__", recording_init)
+
+
+@pytest.fixture
+def chunk_reads(monkeypatch) -> ChunkReads:
+    """Records, in this process, every chunk key read through a zarr LocalStore, every key
+    written, and the read_only flag of every LocalStore opened (``.chunks``, ``.writes``,
+    ``.read_only``)."""
+    return ChunkReads(monkeypatch)

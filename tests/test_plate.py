@@ -11,7 +11,6 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-import zarr.storage
 from conftest import TINY
 
 from plate_refocus.errors import (
@@ -68,36 +67,6 @@ def write_small(path, images=None, **kwargs):
         return write_plate(path, images, wells, **options)
 
 
-class ChunkReads:
-    """Counts reads of chunk keys (not metadata) through any LocalStore, and any writes."""
-
-    METADATA = ("zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata")
-
-    def __init__(self, monkeypatch):
-        self.chunks: list[str] = []
-        self.writes: list[str] = []
-        self.read_only: list[bool] = []
-        get, init, set_ = zarr.storage.LocalStore.get, zarr.storage.LocalStore.__init__, zarr.storage.LocalStore.set
-        counter = self
-
-        async def counting_get(self, key, *args, **kwargs):
-            if not key.endswith(counter.METADATA):
-                counter.chunks.append(key)
-            return await get(self, key, *args, **kwargs)
-
-        async def recording_set(self, key, value):
-            counter.writes.append(key)
-            return await set_(self, key, value)
-
-        def recording_init(self, root, *, read_only=False):
-            counter.read_only.append(read_only)
-            init(self, root, read_only=read_only)
-
-        monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
-        monkeypatch.setattr(zarr.storage.LocalStore, "set", recording_set)
-        monkeypatch.setattr(zarr.storage.LocalStore, "__init__", recording_init)
-
-
 def raise_if_computes(*args, **kwargs):
     raise AssertionError("dask computed something while building a lazy object")
 
@@ -141,8 +110,8 @@ def test_open_plate_is_labelled_lazy_and_one_chunk_per_plane(tiny_plate):
     assert plate.attrs["ngff_version"] == "0.5"
 
 
-def test_open_plate_reads_no_pixels_and_opens_read_only(tiny_plate, monkeypatch):
-    reads = ChunkReads(monkeypatch)
+def test_open_plate_reads_no_pixels_and_opens_read_only(tiny_plate, chunk_reads):
+    reads = chunk_reads
     plate = open_plate(tiny_plate)
     assert reads.chunks == []
     assert reads.read_only and all(reads.read_only)
