@@ -73,7 +73,8 @@ def bare_loop(n_fields: int, size, depths) -> float:
     return time.perf_counter() - start
 
 
-def fft_only(n_fields: int, size, depths, optics=Optics()) -> float:
+def fft_only(n_fields: int, size, depths, optics: Optics | None = None) -> float:
+    optics = optics or Optics()
     big = _padded_shape(size, field_padding(max(depths), optics))
     objects = [simulate_objects(big, seed=f).astype(np.float64) for f in range(n_fields)]
     otfs = [defocus_otf(big, z, optics, real=True) for z in depths]

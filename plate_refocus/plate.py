@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -283,6 +284,8 @@ def write_plate(
     ground_truth: Any = None,
     extra_attrs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    client: Any = None,
+    progress: bool = False,
 ) -> Path:
     """Write an OME-Zarr HCS plate (and its ground truth) through Dask.
 
@@ -321,10 +324,16 @@ def write_plate(
         JSON-able items added to the ``plate_refocus`` metadata.
     overwrite : bool
         Replace an existing zarr store at ``path`` (never a non-zarr folder).
+    client : distributed.Client, optional
+        Where to compute; default: the current Dask scheduler.
+    progress : bool
+        Show a text progress bar (and the dashboard link on a distributed
+        client) while writing.
 
     Returns
     -------
     Path
+        If writing fails or is interrupted, the partial store is removed.
 
     Raises
     ------
@@ -453,8 +462,47 @@ def write_plate(
                 target[...] = np.asarray(data, dtype=dtype)
 
     log.info("writing %d fields of %d wells to %s", n_wells * n_fields, n_wells, path)
-    da.store(sources, targets, lock=False, compute=True)
+    try:
+        stored = da.store(sources, targets, lock=False, compute=False)
+        _compute(stored, client=client, progress=progress)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # never leave a half-written plate behind
+        raise
     return path
+
+
+def _compute(collection: Any, *, client: Any = None, progress: bool = False) -> None:
+    """Compute on ``client`` (or the current scheduler), with a text progress bar if asked."""
+    import dask
+
+    if client is None:
+        scheduler = dask.config.get("scheduler", None)
+        if hasattr(scheduler, "dashboard_link"):
+            client = scheduler
+        else:
+            try:
+                from distributed import default_client
+
+                client = default_client()
+            except (ImportError, ValueError):
+                client = None
+    if client is None:
+        if progress:
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar():
+                dask.compute(collection)
+        else:
+            dask.compute(collection)
+        return
+    futures = client.compute(collection)
+    if progress:
+        from distributed import progress as show_progress
+
+        print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+        with client.as_current():
+            show_progress(futures)
+    client.gather(futures)
 
 
 # --- reading ------------------------------------------------------------------------------------

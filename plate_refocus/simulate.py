@@ -611,6 +611,7 @@ def simulate_plate(
     client: Any = None,
     workers: int | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Simulate a plate and write it as an OME-Zarr HCS plate with its ground truth.
 
@@ -651,6 +652,8 @@ def simulate_plate(
         Worker processes of that local cluster.
     overwrite : bool
         Replace an existing zarr store at ``out``.
+    progress : bool
+        Show a text progress bar and the dashboard link while it runs.
 
     Returns
     -------
@@ -720,14 +723,13 @@ def simulate_plate(
     )
     stack = da.concatenate(images, axis=0)
     if client is not None:
-        with dask.config.set(scheduler=client):
-            return write_plate(out, stack, **write)
+        return write_plate(out, stack, client=client, progress=progress, **write)
     from distributed import Client, LocalCluster
 
     n_workers = workers or max(1, len(os.sched_getaffinity(0)))
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as own:
+                      dashboard_address=":0", silence_logs=logging.WARNING) as cluster, \
+            Client(cluster, set_as_default=False) as own:
         log.info("simulating %d fields on %d workers; dashboard: %s", len(wells) * fields,
                  n_workers, own.dashboard_link)
-        with dask.config.set(scheduler=own):
-            return write_plate(out, stack, **write)
+        return write_plate(out, stack, client=own, progress=progress, **write)
