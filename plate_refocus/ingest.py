@@ -43,7 +43,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -53,25 +52,27 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IngestError, OutputExistsError, PlateNotFoundError
+from .errors import IngestError, NotAPlateError, OutputExistsError, PlateNotFoundError
 from .optics import Optics
+from .plate import ATTRS_KEY, PLATE_FORMATS, row_name, well_name
 
 __all__ = [
     "PRESETS",
-    "PLATE_FORMATS",
     "Preset",
     "Scan",
     "compile_template",
+    "preset_for",
     "scan",
     "read_plane",
     "lazy_planes",
     "ingest",
+    "missing_planes",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Plate format (number of wells) -> (rows, columns).
-PLATE_FORMATS: dict[int, tuple[int, int]] = {96: (8, 12), 384: (16, 24), 1536: (32, 48)}
+#: Plate formats (wells) tried, smallest first, when the format is inferred from the wells seen.
+INFERRED_FORMATS = (96, 384, 1536)
 
 # Field name -> the regular expression it matches unless the template gives one.
 _FIELD_REGEX = {
@@ -226,17 +227,6 @@ def _row_number(text: str) -> int:
     return 26 * (ord(text[0]) - ord("A") + 1) + ord(text[1]) - ord("A") + 1
 
 
-def _row_name(number: int) -> str:
-    """1 -> 'A', 27 -> 'AA'."""
-    if number <= 26:
-        return chr(ord("A") + number - 1)
-    return chr(ord("A") + (number - 1) // 26 - 1) + chr(ord("A") + (number - 1) % 26)
-
-
-def _well_name(row: int, column: int) -> str:
-    return f"{_row_name(row)}{column:02d}"
-
-
 def _natural_key(text: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", text))
 
@@ -279,7 +269,7 @@ class Scan:
         Plane numbers from the lowest to the highest seen, ascending; plane
         ``i`` of the plate is ``planes[i]``.
     plate_format : int
-        96, 384 or 1536.
+        Wells on the plate (96, 384, 1536, ...).
     files : dict
         ``(well, site, channel, plane) -> Path`` of every file found.
     missing : tuple of tuple
@@ -374,6 +364,11 @@ def _depth(regex: re.Pattern[str]) -> int:
     return re.sub(r"\[(?:\\.|[^\]])*\]", "", regex.pattern).count("/")
 
 
+def preset_for(preset: str | None, pattern: str | re.Pattern[str] | None) -> Preset | None:
+    """The preset whose metadata defaults apply: ``preset``, or BBBC006 when neither is given."""
+    return _resolve_pattern(preset, pattern)[0]
+
+
 def _files_at_depth(source: Path, depth: int) -> list[str]:
     """Relative POSIX paths of the files exactly ``depth`` folders below ``source``."""
     found: list[str] = []
@@ -398,21 +393,22 @@ def _infer_plate_format(rows: set[int], columns: set[int], given: int | None, pa
             raise ValueError(f"plate_format must be one of {sorted(PLATE_FORMATS)}, got {given!r}")
         n_rows, n_cols = PLATE_FORMATS[given]
         outside = sorted(
-            _well_name(r, c) for r in rows for c in columns if r > n_rows or c > n_cols
+            well_name(r - 1, c) for r in rows for c in columns if r > n_rows or c > n_cols
         )
         if max(rows) > n_rows or max(columns) > n_cols:
             raise IngestError(
                 f"wells beyond a {given}-well plate ({n_rows} rows x {n_cols} columns) were found "
-                f"(highest row {_row_name(max(rows))}, highest column {max(columns)}, e.g. "
+                f"(highest row {row_name(max(rows) - 1)}, highest column {max(columns)}, e.g. "
                 f"{outside[:3]}); pass plate_format=None to infer it or a larger format"
             )
         return given
-    for fmt, (n_rows, n_cols) in PLATE_FORMATS.items():
+    for fmt in INFERRED_FORMATS:
+        n_rows, n_cols = PLATE_FORMATS[fmt]
         if max(rows) <= n_rows and max(columns) <= n_cols:
             return fmt
     raise IngestError(
         f"wells up to row {max(rows)} and column {max(columns)} fit no plate format "
-        f"{sorted(PLATE_FORMATS)}; check the {{well}}/{{row}}/{{column}} fields of pattern {pattern!r}"
+        f"{list(INFERRED_FORMATS)}; check the {{well}}/{{row}}/{{column}} fields of pattern {pattern!r}"
     )
 
 
@@ -436,8 +432,10 @@ def scan(
     pattern : str or re.Pattern, optional
         The file-name template (see the module docstring); overrides the
         preset's.
-    plate_format : {96, 384, 1536}, optional
-        Inferred as the smallest format that holds every well seen.
+    plate_format : int, optional
+        Wells on the plate, one of :data:`plate_refocus.plate.PLATE_FORMATS`
+        (6 to 1536). Inferred as the smallest of 96, 384 and 1536 that holds
+        every well seen.
     timepoint : int, optional
         With a ``{t}`` field: the time point to keep; required when several
         are found.
@@ -489,7 +487,7 @@ def scan(
         if row < 1 or column < 1:
             raise IngestError(f"{rel!r}: row {row} / column {column} must be 1-based")
         key = (
-            _well_name(row, column),
+            well_name(row - 1, column),
             int(g["site"]) if g.get("site") is not None else 1,
             g["channel"] if g.get("channel") is not None else "0",
             int(g["z"]) if g.get("z") is not None else 0,
@@ -736,11 +734,12 @@ def ingest(
     pattern : str or re.Pattern, optional
         File-name template (see the module docstring), e.g.
         ``"r{row}c{column}f{site}p{z}-ch{channel}sk1fk1fl1.tiff"``.
-    plate_format : {96, 384, 1536}, optional
-        Inferred from the wells seen when not given.
+    plate_format : int, optional
+        Wells on the plate (96, 384, 1536, ...); inferred from the wells
+        seen when not given (the smallest of 96, 384, 1536 that fits).
     pixel_size_um : float, optional
-        Pixel size at the sample in um (preset's, else ``optics``'s, else
-        required).
+        Pixel size at the sample in um; default ``optics``'s when given,
+        else the preset's, else required.
     z_step_um : float, optional
         Distance between planes in um (preset's, else required when there
         is more than one plane).
@@ -881,11 +880,48 @@ def ingest(
         with context:
             _plate.write_plate(
                 out, images, list(found.wells), optics=base, z_um=z_um.tolist(),
-                channel_names=names, plate_rows=[_row_name(r) for r in range(1, n_rows + 1)],
-                plate_columns=list(range(1, n_cols + 1)), focal_plane=focal_index,
+                channel_names=names, plate_rows=n_rows, plate_columns=n_cols, focal_plane=focal_index,
                 extra_attrs=attrs, overwrite=overwrite,
             )
     except IngestError as error:
-        shutil.rmtree(out, ignore_errors=True)
-        raise IngestError(f"{error} (the partial plate {os.fspath(out)!r} was removed)") from error
+        # Not removed here: tasks already running (threads, or workers of a cluster) may still
+        # be writing into it, so deleting it now would race with them.
+        raise IngestError(
+            f"{error}; the plate {os.fspath(out)!r} was left incomplete: run again with "
+            "overwrite=True (--overwrite) once the file is fixed or removed"
+        ) from error
     return out
+
+
+def missing_planes(plate: Any):
+    """Which planes of an ingested plate had no file and were written as zeros.
+
+    Parameters
+    ----------
+    plate : path or xarray.DataArray
+        An ingested plate, or :func:`~plate_refocus.plate.open_plate` of it.
+
+    Returns
+    -------
+    (well, field, c, z) xarray.DataArray of bool
+        True where the plane is missing; all False for a plate written
+        without gaps (or not by :func:`ingest`).
+    """
+    import xarray as xr
+    import zarr
+
+    from .plate import open_plate
+
+    if isinstance(plate, (str, os.PathLike)):
+        plate = open_plate(os.fspath(plate))
+    if not isinstance(plate, xr.DataArray) or "source" not in plate.attrs:
+        raise TypeError(f"plate must be a path or the DataArray of open_plate, got {type(plate).__name__}")
+    attrs = zarr.open_group(plate.attrs["source"], mode="r").attrs.asdict().get(ATTRS_KEY, {})
+    if not isinstance(attrs, Mapping):
+        raise NotAPlateError(f"plate {plate.attrs['source']!r} has malformed {ATTRS_KEY!r} metadata")
+    dims = ("well", "field", "c", "z")
+    mask = xr.DataArray(np.zeros([plate.sizes[d] for d in dims], dtype=bool), dims=dims,
+                        coords={d: plate.coords[d].values for d in dims})
+    for entry in (attrs.get("ingest") or {}).get("missing", []):
+        mask.loc[{"well": entry["well"], "field": entry["field"], "c": entry["c"], "z": entry["z"]}] = True
+    return mask

@@ -14,12 +14,15 @@ import numpy as np
 import pytest
 import tifffile
 
+from plate_refocus import Optics
 from plate_refocus.errors import IngestError, OutputExistsError, PlateNotFoundError
 from plate_refocus.ingest import (
     PRESETS,
     Scan,
     compile_template,
+    ingest,
     lazy_planes,
+    missing_planes,
     read_plane,
     scan,
 )
@@ -147,7 +150,7 @@ def test_given_plate_format_too_small_is_refused(tmp_path):
     assert scan(tmp_path, plate_format=1536).plate_format == 1536
     with pytest.raises(IngestError, match=r"beyond a 96-well plate.*highest row P, highest column 24"):
         scan(tmp_path, plate_format=96)
-    with pytest.raises(ValueError, match=r"plate_format must be one of \[96, 384, 1536\]"):
+    with pytest.raises(ValueError, match=r"plate_format must be one of \[6, 12, 24, 48, 96, 384, 1536\]"):
         scan(tmp_path, plate_format=100)
 
 
@@ -299,3 +302,240 @@ def test_lazy_planes_probes_the_first_file_and_names_an_unreadable_one(tmp_path)
     with pytest.raises(TypeError, match="found must be a Scan"):
         lazy_planes(tmp_path)
     assert isinstance(found, Scan)
+
+
+# --- writing plates -----------------------------------------------------------------------------
+
+
+def _validate_hcs(path: Path) -> None:
+    import zarr
+    from ome_zarr_models.v05.hcs import HCS
+
+    HCS.from_zarr(zarr.open_group(path, mode="r"))
+
+
+@needs_sample
+def test_real_sample_becomes_a_valid_plate_with_the_tiffs_pixels(tmp_path):
+    from plate_refocus.plate import open_plate
+
+    with pytest.warns(UserWarning, match=r"6 of 12 planes missing: well A01 site 2: no files"):
+        out = ingest(SAMPLE, tmp_path / "bbbc006.zarr")
+    assert out == tmp_path / "bbbc006.zarr"
+    _validate_hcs(out)
+    plate = open_plate(out)
+    assert dict(plate.sizes) == {"well": 6, "field": 2, "c": 1, "z": 1, "y": 520, "x": 696}
+    assert plate.dtype == np.uint16
+    assert list(plate.well.values) == ["A01", "A19", "B01", "I07", "N06", "P24"]
+    assert list(plate.c.values) == ["Hoechst"]
+    assert plate.z_um.values.tolist() == [-32.0]  # plane 00 is 16 planes x 2 um from focus
+    assert plate.attrs["focal_plane"] is None  # plane 16 is not in the sample
+    assert plate.attrs["optics"]["pixel_size_um"] == 0.3
+    files = scan(SAMPLE).files
+    assert len(files) == 6
+    for (well, site, _, _), path in files.items():
+        np.testing.assert_array_equal(
+            plate.sel(well=well).isel(field=site - 1, c=0, z=0).values, tifffile.imread(path)
+        )
+    for well, site in [("A01", 2), ("P24", 1)]:  # missing fields are zeros
+        assert not plate.sel(well=well).isel(field=site - 1).any()
+    missing = missing_planes(plate)
+    assert missing.dims == ("well", "field", "c", "z")
+    assert missing.sum() == 6 and bool(missing.sel(well="A01").isel(field=1, c=0, z=0))
+
+
+def test_synthetic_stack_ingests_with_metadata_and_every_pixel(tmp_path):
+    from plate_refocus.plate import open_plate
+
+    written = write_bbbc006_like(tmp_path / "src", wells=("a01", "c05"), planes=range(15, 19))
+    out = ingest(tmp_path / "src", tmp_path / "plate.zarr", on_missing="refuse")
+    _validate_hcs(out)
+    plate = open_plate(out)
+    assert dict(plate.sizes) == {"well": 2, "field": 2, "c": 2, "z": 4, "y": 24, "x": 40}
+    assert list(plate.c.values) == ["Hoechst", "phalloidin"]
+    assert plate.z_um.values.tolist() == [-2.0, 0.0, 2.0, 4.0]  # (plane - 16) * 2 um
+    assert plate.attrs["focal_plane"] == 1  # plane 16 is the second plane of the plate
+    assert missing_planes(plate).sum() == 0
+    values = plate.values
+    for (w, s, c, z), (_, pixels) in written.items():
+        np.testing.assert_array_equal(values[["a01", "c05"].index(w), s - 1, c - 1, z - 15], pixels)
+
+
+def test_fill_and_refuse_of_a_missing_file_and_a_missing_plane(tmp_path):
+    from plate_refocus.plate import open_plate
+
+    src = tmp_path / "src"
+    written = write_bbbc006_like(src, planes=(0, 1, 3), skip={("b03", 2, 2, 1)})
+    with pytest.raises(IngestError, match=(
+        r"9 of 32 planes missing: plane 2 missing in every well; well B03 site 2 channel 2: "
+        r"plane 1 \(under '.*src'\); add the files, or pass on_missing='fill'"
+    )):
+        ingest(src, tmp_path / "refused.zarr", on_missing="refuse")
+    assert not (tmp_path / "refused.zarr").exists()
+
+    with pytest.warns(UserWarning, match="9 of 32 planes missing.*written as zeros"):
+        out = ingest(src, tmp_path / "filled.zarr", on_missing="fill")
+    plate = open_plate(out)
+    missing = missing_planes(plate)
+    assert int(missing.sum()) == 9
+    assert bool(missing.sel(well="B03", c="phalloidin").isel(field=1, z=1))
+    assert missing.isel(z=2).all()
+    assert not plate.isel(z=2).any()
+    assert not plate.sel(well="B03", c="phalloidin").isel(field=1, z=1).any()
+    np.testing.assert_array_equal(plate.sel(well="B03", c="phalloidin").isel(field=1, z=3).values,
+                                  written["b03", 2, 2, 3][1])
+
+
+def test_unreadable_file_is_named_and_the_plate_marked_incomplete(tmp_path):
+    written = write_bbbc006_like(tmp_path / "src", planes=(0, 1))
+    bad = written["b03", 1, 2, 1][0]
+    bad.write_bytes(b"II*\x00 truncated")
+    with pytest.raises(IngestError, match=re.escape(repr(str(bad))) + r".*plate '.*plate\.zarr' was "
+                       r"left incomplete: run again with overwrite=True \(--overwrite\)"):
+        ingest(tmp_path / "src", tmp_path / "plate.zarr")
+    bad.unlink()
+    with pytest.warns(UserWarning, match="1 of 16 planes missing: well B03 site 1 channel 2: plane 1"):
+        ingest(tmp_path / "src", tmp_path / "plate.zarr", overwrite=True)
+    assert int(missing_planes(tmp_path / "plate.zarr").sum()) == 1
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path):
+    write_bbbc006_like(tmp_path / "src", wells=("a01",), sites=(1,), channels=(1,), planes=(0,))
+    out = tmp_path / "plate.zarr"
+    out.mkdir()
+    with pytest.raises(OutputExistsError, match=r"output '.*plate\.zarr' exists; pass overwrite=True"):
+        ingest(tmp_path / "src", out)
+    ingest(tmp_path / "src", out, overwrite=True)
+    _validate_hcs(out)
+    with pytest.raises(ValueError, match="is the source folder"):
+        ingest(tmp_path / "src", tmp_path / "src", overwrite=True)
+
+
+def test_generic_pattern_needs_pixel_size_and_z_step(tmp_path):
+    from plate_refocus.plate import open_plate
+
+    for z in (3, 4):
+        for c in ("DAPI", "GFP"):
+            tifffile.imwrite(tmp_path / f"G07_{c}_z{z}.tif", np.full((8, 8), z, np.uint16))
+    pattern = "{well}_{channel}_z{z}.tif"
+    with pytest.raises(ValueError, match=r"pixel size is unknown: pass pixel_size_um="):
+        ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern)
+    with pytest.raises(ValueError, match=r"2 planes found but the z step is unknown: pass z_step_um="):
+        ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65)
+    with pytest.raises(ValueError, match=r"channel_names has 1 names \['x'\] for 2 channels"):
+        ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65, z_step_um=1.0,
+               channel_names=["x"])
+    with pytest.raises(ValueError, match=r"channel_names has channels \['RFP'\] that are not in the files"):
+        ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65, z_step_um=1.0,
+               channel_names={"RFP": "x"})
+    out = ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65, z_step_um=0.5,
+                 focal_plane=4, channel_names={"GFP": "tubulin"},
+                 optics=Optics(na=0.45, pixel_size_um=1.0))
+    plate = open_plate(out)
+    assert list(plate.c.values) == ["DAPI", "tubulin"]
+    assert plate.z_um.values.tolist() == [-0.5, 0.0]
+    assert plate.attrs["focal_plane"] == 1
+    assert plate.attrs["optics"]["na"] == 0.45 and plate.attrs["optics"]["pixel_size_um"] == 0.65
+    assert plate.sel(well="G07").isel(field=0, c=1, z=1).values.max() == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"on_missing": "skip"}, ValueError, r"on_missing must be 'fill' or 'refuse', got 'skip'"),
+        ({"overwrite": "yes"}, TypeError, r"overwrite must be a bool, got 'yes'"),
+        ({"focal_plane": 1.5}, TypeError, r"focal_plane must be an int plane number"),
+        ({"z_step_um": -2}, ValueError, r"z_step_um must be positive and finite, got -2"),
+        ({"pixel_size_um": "0.3"}, TypeError, r"pixel_size_um must be a number, got '0.3'"),
+        ({"optics": {"na": 0.3}}, TypeError, r"optics must be a plate_refocus.Optics"),
+        ({"channel_names": "Hoechst"}, TypeError, r"channel_names must be a sequence or a mapping"),
+        ({"channel_names": ["a", "a"]}, ValueError, r"channel names must be unique, got \['a', 'a'\]"),
+    ],
+)
+def test_ingest_argument_errors(tmp_path, kwargs, error, message):
+    write_bbbc006_like(tmp_path / "src", wells=("a01",), sites=(1,), planes=(0,), shape=(4, 4))
+    with pytest.raises(error, match=message):
+        ingest(tmp_path / "src", tmp_path / "p.zarr", **kwargs)
+
+
+def test_ingest_streams_plane_by_plane_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    write_bbbc006_like(tmp_path / "warm", wells=("a01",), sites=(1,), channels=(1,), planes=(0,))
+    ingest(tmp_path / "warm", tmp_path / "warm.zarr")  # imports zarr & co. outside the trace
+    write_bbbc006_like(tmp_path / "src", wells=("a01", "a02"), planes=range(8), shape=(256, 256))
+    plate_bytes = 2 * 2 * 2 * 8 * 256 * 256 * 2  # 8 MiB in 64 planes of 128 KiB
+    with dask.config.set(scheduler="synchronous"):
+        tracemalloc.start()
+        try:
+            ingest(tmp_path / "src", tmp_path / "plate.zarr")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < plate_bytes / 4, f"peak {peak} bytes for a {plate_bytes}-byte plate"
+
+
+def test_ingest_on_a_distributed_cluster(tmp_path, client):
+    from plate_refocus.plate import open_plate
+
+    written = write_bbbc006_like(tmp_path / "src", wells=("a01",), planes=(0, 1))
+    out = ingest(tmp_path / "src", tmp_path / "plate.zarr", client=client)
+    plate = open_plate(out)
+    np.testing.assert_array_equal(plate.isel(well=0, field=1, c=1, z=1).values,
+                                  written["a01", 2, 2, 1][1])
+    bad = written["a01", 2, 2, 1][0]
+    bad.write_bytes(b"garbage")  # the worker's IngestError reaches the caller, naming the file
+    with pytest.raises(IngestError, match=re.escape(repr(str(bad)))):
+        ingest(tmp_path / "src", tmp_path / "again.zarr", client=client)
+
+
+def test_package_attribute_is_the_function_even_after_importing_the_module():
+    import plate_refocus
+    import plate_refocus.ingest  # noqa: F401  (binds the submodule on the package if done lazily)
+
+    assert plate_refocus.ingest is ingest
+    assert callable(plate_refocus.ingest)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "plate_refocus.cli", "ingest", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_ingests_and_reports_errors_in_one_line(tmp_path):
+    from plate_refocus.plate import open_plate
+
+    src = tmp_path / "src"
+    write_bbbc006_like(src, wells=("a01",), planes=(0, 1, 2), skip={("a01", 1, 1, 2)})
+    done = _cli(str(src), str(tmp_path / "dry.zarr"), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "11 files under" in done.stdout and "96-well plate, 1 wells x 2 sites" in done.stdout
+    assert "1 of 12 planes missing: well A01 site 1 channel 1: plane 2" in done.stdout
+    assert not (tmp_path / "dry.zarr").exists()
+
+    refused = _cli(str(src), str(tmp_path / "p.zarr"), "--on-missing", "refuse")
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert lines[0].startswith("plate-refocus ingest: error: 1 of 12 planes missing: well A01 site 1")
+    assert "Traceback" not in refused.stderr
+
+    done = _cli(str(src), str(tmp_path / "p.zarr"), "--channel-names", "1=DNA,2=actin",
+                "--focal-plane", "1")
+    assert done.returncode == 0, done.stderr
+    assert "warning: 1 of 12 planes missing" in done.stderr
+    plate = open_plate(tmp_path / "p.zarr")
+    assert list(plate.c.values) == ["DNA", "actin"]
+    assert plate.attrs["focal_plane"] == 1 and plate.z_um.values.tolist() == [-2.0, 0.0, 2.0]
+
+    again = _cli(str(src), str(tmp_path / "p.zarr"))
+    assert again.returncode == 2
+    assert again.stderr.strip() == (
+        f"plate-refocus ingest: error: output {str(tmp_path / 'p.zarr')!r} exists; "
+        "pass overwrite=True (--overwrite) to replace it"
+    )
+    missing = _cli(str(tmp_path / "nowhere"), str(tmp_path / "q.zarr"))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "does not exist or is not a folder" in missing.stderr
