@@ -39,7 +39,6 @@ References
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -64,6 +63,8 @@ __all__ = [
     "preset_for",
     "scan",
     "read_plane",
+    "inspect_plane",
+    "check_files",
     "lazy_planes",
     "ingest",
     "missing_planes",
@@ -552,6 +553,86 @@ def scan(
 # --- reading ------------------------------------------------------------------------------------
 
 
+_FIX = "replace or remove it (with on_missing='fill' a removed file is written as zeros)"
+
+
+class _BadFile(Exception):
+    """Why one file cannot be used (wrapped into an IngestError that names the file)."""
+
+
+def _as_plane_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    squeezed = tuple(n for n in shape if n != 1) if len(shape) > 2 else tuple(shape)
+    if len(squeezed) < 2 and len(shape) >= 2:
+        squeezed = tuple(shape[-2:])
+    if len(squeezed) != 2:
+        raise _BadFile(f"holds an array of shape {tuple(shape)}, not one 2-D plane "
+                       "(ingest reads one plane per file)")
+    return squeezed  # type: ignore[return-value]
+
+
+def _check_plane(got_shape: tuple[int, int], got_dtype: np.dtype, shape: Any, dtype: Any) -> None:
+    if shape is not None and got_shape != tuple(shape):
+        raise _BadFile(f"has shape {got_shape}, but the plate's planes are {tuple(shape)} "
+                       "(every file of a plate must have the same size)")
+    if dtype is not None and got_dtype != np.dtype(dtype):
+        raise _BadFile(f"has dtype {got_dtype}, but the plate's planes are {np.dtype(dtype)} "
+                       "(every file of a plate must have the same pixel type)")
+
+
+def _inspect(name: str) -> tuple[tuple[int, int], np.dtype]:
+    """Shape and dtype from the TIFF header, and a check that the pixel data is all there."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(name) as tif:
+            series = tif.series[0]
+            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+            size = tif.filehandle.size
+            for page in tif.pages:
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
+                if ends and max(ends) > size:
+                    raise _BadFile(f"is truncated: its pixel data ends at byte {max(ends)} but the "
+                                   f"file has {size} bytes")
+    except _BadFile:
+        raise
+    except Exception as error:  # tifffile raises many kinds; say which file
+        raise _BadFile(f"cannot be read: {type(error).__name__}: {error}") from error
+    return _as_plane_shape(shape), dtype
+
+
+def inspect_plane(path: str | os.PathLike[str], *, shape: tuple[int, int] | None = None,
+                  dtype: Any = None) -> tuple[tuple[int, int], np.dtype]:
+    """Check one TIFF plane from its header, without decoding the pixels.
+
+    Parameters
+    ----------
+    path : path
+        A TIFF file holding one 2-D image.
+    shape : (2,) tuple of int, optional
+        The ``(Y, X)`` shape every plane of the plate must have.
+    dtype : dtype, optional
+        The dtype every plane of the plate must have.
+
+    Returns
+    -------
+    shape : (2,) tuple of int
+    dtype : numpy.dtype
+
+    Raises
+    ------
+    IngestError
+        The file is not a TIFF, is truncated, is not one 2-D plane, or has
+        another shape or dtype than expected; the message names the file.
+    """
+    name = os.fspath(path)
+    try:
+        found = _inspect(name)
+        _check_plane(*found, shape, dtype)
+    except _BadFile as error:
+        raise IngestError(f"TIFF {name!r} {error}; {_FIX}") from error
+    return found
+
+
 def read_plane(path: str | os.PathLike[str], *, shape: tuple[int, int] | None = None,
                dtype: Any = None) -> np.ndarray:
     """Read one TIFF plane, checking it is the plane expected.
@@ -580,31 +661,88 @@ def read_plane(path: str | os.PathLike[str], *, shape: tuple[int, int] | None = 
 
     name = os.fspath(path)
     try:
-        with tifffile.TiffFile(name) as tif:
-            data = tif.asarray()
-    except Exception as error:  # tifffile and the codecs raise many kinds; name the file
-        raise IngestError(
-            f"cannot read TIFF {name!r}: {type(error).__name__}: {error}; "
-            "replace or remove the file (with on_missing='fill' a removed file is written as zeros)"
-        ) from error
-    if data.ndim > 2:
-        data = data.reshape([n for n in data.shape if n != 1] or [1, 1])
-    if data.ndim != 2:
-        raise IngestError(
-            f"TIFF {name!r} holds an array of shape {data.shape}, not one 2-D plane; "
-            "ingest reads one plane per file"
-        )
-    if shape is not None and data.shape != tuple(shape):
-        raise IngestError(
-            f"TIFF {name!r} has shape {data.shape}, but the plate's planes are {tuple(shape)}; "
-            "every file of a plate must have the same size"
-        )
-    if dtype is not None and data.dtype != np.dtype(dtype):
-        raise IngestError(
-            f"TIFF {name!r} has dtype {data.dtype}, but the plate's planes are {np.dtype(dtype)}; "
-            "every file of a plate must have the same pixel type"
-        )
+        try:
+            with tifffile.TiffFile(name) as tif:
+                data = tif.asarray()
+        except Exception as error:  # tifffile and the codecs raise many kinds; say which file
+            raise _BadFile(f"cannot be read: {type(error).__name__}: {error}") from error
+        data = data.reshape(_as_plane_shape(data.shape))
+        _check_plane(data.shape, data.dtype, shape, dtype)
+    except _BadFile as error:
+        raise IngestError(f"TIFF {name!r} {error}; {_FIX}") from error
     return data
+
+
+def _inspect_batch(names: list[str]) -> list[tuple[str, Any]]:
+    """Chunk function of :func:`check_files`: (name, (shape, dtype) or the reason it is bad)."""
+    out: list[tuple[str, Any]] = []
+    for name in names:
+        try:
+            out.append((name, _inspect(name)))
+        except _BadFile as error:
+            out.append((name, str(error)))
+    return out
+
+
+def check_files(found: Scan, *, client: Any = None, batch: int = 256,
+                limit: int = 5) -> tuple[tuple[int, int], np.dtype]:
+    """Check every file's header before anything is written, in parallel on Dask.
+
+    Parameters
+    ----------
+    found : Scan
+        From :func:`scan`.
+    client : distributed.Client, optional
+        Where to run; default: the current Dask scheduler.
+    batch : int
+        Files per task.
+    limit : int
+        Bad files named in the error (all are counted).
+
+    Returns
+    -------
+    shape : (2,) tuple of int
+        The plate's ``(Y, X)``: that of most files.
+    dtype : numpy.dtype
+
+    Raises
+    ------
+    IngestError
+        Listing the files that cannot be read, are truncated, or differ from
+        the others in shape or dtype.
+    """
+    import dask
+
+    if not isinstance(found, Scan):
+        raise TypeError(f"found must be a Scan from plate_refocus.ingest.scan, got {found!r}")
+    names = sorted(os.fspath(p) for p in found.files.values())
+    tasks = [dask.delayed(_inspect_batch, pure=True)(names[i : i + batch])
+             for i in range(0, len(names), batch)]
+    results = [r for part in dask.compute(*tasks, scheduler=client) for r in part]
+    kinds: dict[tuple, int] = defaultdict(int)
+    for _, result in results:
+        if not isinstance(result, str):
+            kinds[result[0], result[1].str] += 1
+    bad = [(name, result) for name, result in results if isinstance(result, str)]
+    shape, dtype = (None, None)
+    if kinds:
+        shape, dtype_str = max(kinds, key=kinds.__getitem__)
+        dtype = np.dtype(dtype_str)
+        for name, result in results:
+            if not isinstance(result, str):
+                try:
+                    _check_plane(*result, shape, dtype)
+                except _BadFile as error:
+                    bad.append((name, str(error)))
+    if bad:
+        bad.sort()
+        shown = "; ".join(f"{name!r} {why}" for name, why in bad[:limit])
+        more = f"; ... and {len(bad) - limit} more" if len(bad) > limit else ""
+        raise IngestError(
+            f"{len(bad)} of {len(names)} TIFF files cannot be used: {shown}{more}; replace or "
+            "remove them (with on_missing='fill' removed files are written as zeros)"
+        )
+    return shape, dtype
 
 
 def _read_block(paths: np.ndarray, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
@@ -625,8 +763,8 @@ def lazy_planes(found: Scan, *, shape: tuple[int, int] | None = None, dtype: Any
     found : Scan
         From :func:`scan`.
     shape, dtype : optional
-        ``(Y, X)`` and dtype of the planes; read from the first file when
-        not given.
+        ``(Y, X)`` and dtype of the planes (from :func:`check_files`); read
+        from the first file's header when not given.
 
     Returns
     -------
@@ -643,9 +781,9 @@ def lazy_planes(found: Scan, *, shape: tuple[int, int] | None = None, dtype: Any
     paths = found.paths()
     if shape is None or dtype is None:
         first = next(p for p in paths.flat if p is not None)
-        probe = read_plane(first)
-        shape = probe.shape if shape is None else tuple(shape)
-        dtype = probe.dtype if dtype is None else dtype
+        probe_shape, probe_dtype = inspect_plane(first)
+        shape = probe_shape if shape is None else tuple(shape)
+        dtype = probe_dtype if dtype is None else dtype
     shape = tuple(int(n) for n in shape)
     dtype = np.dtype(dtype)
     token = tokenize(paths.tolist(), shape, dtype.str)
@@ -673,14 +811,14 @@ def _channel_names(channels: Sequence[str], given: Sequence[str] | Mapping[str, 
     elif isinstance(given, Mapping):
         unknown = sorted(set(given) - set(channels), key=_natural_key)
         if unknown:
-            raise ValueError(
+            raise IngestError(
                 f"channel_names has channels {unknown} that are not in the files; "
                 f"the channels found are {list(channels)}"
             )
         names = [str(given.get(c, c)) for c in channels]
     elif isinstance(given, Sequence) and not isinstance(given, str):
         if len(given) != len(channels):
-            raise ValueError(
+            raise IngestError(
                 f"channel_names has {len(given)} names {list(given)!r} for {len(channels)} "
                 f"channels found {list(channels)}; give one name per channel, in that order"
             )
@@ -718,6 +856,7 @@ def ingest(
     on_missing: str = "fill",
     overwrite: bool = False,
     client: Any = None,
+    progress: bool = False,
 ) -> Path:
     """Convert a folder of TIFF planes into an OME-Zarr HCS plate, streaming.
 
@@ -763,6 +902,8 @@ def ingest(
         Replace an existing ``out``.
     client : distributed.Client, optional
         Run on this cluster; default: Dask's current scheduler.
+    progress : bool
+        Show a progress bar while writing.
 
     Returns
     -------
@@ -772,8 +913,11 @@ def ingest(
     Raises
     ------
     IngestError
-        Missing planes with ``on_missing="refuse"``, unreadable or
-        mismatched files (named), or a layout no plate can hold.
+        Missing planes with ``on_missing="refuse"``, unreadable, truncated
+        or mismatched files (all checked from their headers, and named,
+        before anything is written), or a layout no plate can hold. A file
+        whose compressed data is corrupt is found only when it is decoded,
+        during writing; the error names it and the partial plate is removed.
     OutputExistsError
         ``out`` exists and ``overwrite`` is false.
     PlateNotFoundError
@@ -781,7 +925,8 @@ def ingest(
 
     Notes
     -----
-    The files are read lazily, one Dask task per plane, and written plane by
+    Every file's header is checked first (in parallel, no decoding). Then the
+    files are read lazily, one Dask task per plane, and written plane by
     plane into arrays created up front by
     :func:`plate_refocus.plate.write_plate`, so memory use is bounded by a
     few planes per worker thread, not by the plate.
@@ -815,7 +960,7 @@ def ingest(
     if pixel_size_um is None and chosen is not None and optics is None:
         pixel_size_um = chosen.pixel_size_um
     if pixel_size_um is None and optics is None:
-        raise ValueError(
+        raise IngestError(
             "the pixel size is unknown: pass pixel_size_um= (--pixel-size) in um at the sample "
             "(camera pixel / magnification)"
         )
@@ -827,7 +972,7 @@ def ingest(
         z_step_um = chosen.z_step_um
     if z_step_um is None:
         if len(found.planes) > 1:
-            raise ValueError(
+            raise IngestError(
                 f"{len(found.planes)} planes found but the z step is unknown: pass z_step_um= "
                 "(--z-step) in um"
             )
@@ -870,27 +1015,15 @@ def ingest(
         }
     }
     n_rows, n_cols = PLATE_FORMATS[found.plate_format]
-    images = lazy_planes(found)
+    shape, dtype = check_files(found, client=client)  # before anything is written
+    images = lazy_planes(found, shape=shape, dtype=dtype)
     log.info("ingesting %d files from %s into %s: %s", len(found.files), found.source, out,
              dict(zip(("well", "field", "c", "z", "y", "x"), images.shape, strict=True)))
-    import dask
-
-    context = dask.config.set(scheduler=client) if client is not None else contextlib.nullcontext()
-    try:
-        with context:
-            _plate.write_plate(
-                out, images, list(found.wells), optics=base, z_um=z_um.tolist(),
-                channel_names=names, plate_rows=n_rows, plate_columns=n_cols, focal_plane=focal_index,
-                extra_attrs=attrs, overwrite=overwrite,
-            )
-    except IngestError as error:
-        # Not removed here: tasks already running (threads, or workers of a cluster) may still
-        # be writing into it, so deleting it now would race with them.
-        raise IngestError(
-            f"{error}; the plate {os.fspath(out)!r} was left incomplete: run again with "
-            "overwrite=True (--overwrite) once the file is fixed or removed"
-        ) from error
-    return out
+    return _plate.write_plate(
+        out, images, list(found.wells), optics=base, z_um=z_um.tolist(), channel_names=names,
+        plate_rows=n_rows, plate_columns=n_cols, focal_plane=focal_index, extra_attrs=attrs,
+        overwrite=overwrite, client=client, progress=progress,
+    )
 
 
 def missing_planes(plate: Any):

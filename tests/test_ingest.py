@@ -21,6 +21,7 @@ from plate_refocus.ingest import (
     Scan,
     compile_template,
     ingest,
+    inspect_plane,
     lazy_planes,
     missing_planes,
     read_plane,
@@ -257,22 +258,26 @@ def test_read_plane_reads_lzw_and_names_bad_files(tmp_path):
     tifffile.imwrite(good, pixels, compression="lzw")
     np.testing.assert_array_equal(read_plane(good, shape=(12, 16), dtype=np.uint16), pixels)
 
+    assert inspect_plane(good) == ((12, 16), np.dtype(np.uint16))
     garbage = tmp_path / "garbage.tif"
     garbage.write_bytes(b"not a tiff at all")
-    with pytest.raises(IngestError, match=r"cannot read TIFF '.*garbage\.tif': TiffFileError"):
-        read_plane(garbage)
     truncated = tmp_path / "truncated.tif"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(IngestError, match=r"cannot read TIFF '.*truncated\.tif'"):
-        read_plane(truncated)
-    with pytest.raises(IngestError, match=r"'.*good\.tif' has shape \(12, 16\), but the plate's planes are \(8, 8\)"):
-        read_plane(good, shape=(8, 8))
-    with pytest.raises(IngestError, match=r"has dtype uint16, but the plate's planes are uint8"):
-        read_plane(good, dtype=np.uint8)
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.zeros((3, 4, 4), np.uint16))
-    with pytest.raises(IngestError, match=r"holds an array of shape \(3, 4, 4\), not one 2-D plane"):
-        read_plane(stack)
+    for check in (read_plane, inspect_plane):
+        with pytest.raises(IngestError, match=r"TIFF '.*garbage\.tif' cannot be read: TiffFileError: "
+                           r"not a TIFF file.*; replace or remove it"):
+            check(garbage)
+        with pytest.raises(IngestError, match=r"TIFF '.*truncated\.tif' (cannot be read|is truncated)"):
+            check(truncated)
+        with pytest.raises(IngestError, match=r"'.*good\.tif' has shape \(12, 16\), but the plate's "
+                           r"planes are \(8, 8\)"):
+            check(good, shape=(8, 8))
+        with pytest.raises(IngestError, match=r"has dtype uint16, but the plate's planes are uint8"):
+            check(good, dtype=np.uint8)
+        with pytest.raises(IngestError, match=r"holds an array of shape \(3, 4, 4\), not one 2-D plane"):
+            check(stack)
 
 
 def test_lazy_planes_builds_one_task_per_plane_without_reading(tmp_path):
@@ -385,17 +390,43 @@ def test_fill_and_refuse_of_a_missing_file_and_a_missing_plane(tmp_path):
                                   written["b03", 2, 2, 3][1])
 
 
-def test_unreadable_file_is_named_and_the_plate_marked_incomplete(tmp_path):
+def test_unreadable_truncated_and_mismatched_files_are_listed_before_anything_is_written(tmp_path):
     written = write_bbbc006_like(tmp_path / "src", planes=(0, 1))
-    bad = written["b03", 1, 2, 1][0]
-    bad.write_bytes(b"II*\x00 truncated")
-    with pytest.raises(IngestError, match=re.escape(repr(str(bad))) + r".*plate '.*plate\.zarr' was "
-                       r"left incomplete: run again with overwrite=True \(--overwrite\)"):
+    garbage, truncated, small = (written[k][0] for k in
+                                 [("a01", 1, 1, 0), ("b03", 1, 2, 1), ("b03", 2, 1, 0)])
+    garbage.write_bytes(b"not a tiff")
+    truncated.write_bytes(truncated.read_bytes()[:-500])
+    tifffile.imwrite(small, np.zeros((8, 8), np.uint16), compression="lzw")
+    with pytest.raises(IngestError) as caught:
         ingest(tmp_path / "src", tmp_path / "plate.zarr")
-    bad.unlink()
-    with pytest.warns(UserWarning, match="1 of 16 planes missing: well B03 site 1 channel 2: plane 1"):
-        ingest(tmp_path / "src", tmp_path / "plate.zarr", overwrite=True)
-    assert int(missing_planes(tmp_path / "plate.zarr").sum()) == 1
+    message = str(caught.value)
+    assert message.startswith("3 of 16 TIFF files cannot be used: ")
+    assert f"{str(garbage)!r} cannot be read: TiffFileError: not a TIFF file" in message
+    assert f"{str(truncated)!r} is truncated: its pixel data ends at byte" in message
+    assert (f"{str(small)!r} has shape (8, 8), but the plate's planes are (24, 40) "
+            "(every file of a plate must have the same size)") in message
+    assert message.endswith("replace or remove them (with on_missing='fill' removed files are "
+                            "written as zeros)")
+    assert not (tmp_path / "plate.zarr").exists()  # checked from the headers first
+
+    for path in (garbage, truncated, small):
+        path.unlink()
+    with pytest.warns(UserWarning, match="3 of 16 planes missing"):
+        ingest(tmp_path / "src", tmp_path / "plate.zarr")
+    assert int(missing_planes(tmp_path / "plate.zarr").sum()) == 3
+
+
+def test_corrupt_compressed_data_is_found_while_writing_and_named(tmp_path):
+    written = write_bbbc006_like(tmp_path / "src", wells=("a01",), planes=(0, 1))
+    corrupt = written["a01", 2, 1, 1][0]
+    with tifffile.TiffFile(corrupt) as tif:  # scramble the LZW strip, keep the header intact
+        offset, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    data = bytearray(corrupt.read_bytes())
+    data[offset : offset + count] = np.random.default_rng(1).integers(0, 256, count, np.uint8).tobytes()
+    corrupt.write_bytes(bytes(data))
+    assert inspect_plane(corrupt) == ((24, 40), np.dtype(np.uint16))  # the header is fine
+    with pytest.raises(IngestError, match=re.escape(f"TIFF {str(corrupt)!r} cannot be read: ")):
+        ingest(tmp_path / "src", tmp_path / "plate.zarr")
 
 
 def test_existing_output_is_refused_unless_overwrite(tmp_path):
@@ -417,14 +448,14 @@ def test_generic_pattern_needs_pixel_size_and_z_step(tmp_path):
         for c in ("DAPI", "GFP"):
             tifffile.imwrite(tmp_path / f"G07_{c}_z{z}.tif", np.full((8, 8), z, np.uint16))
     pattern = "{well}_{channel}_z{z}.tif"
-    with pytest.raises(ValueError, match=r"pixel size is unknown: pass pixel_size_um="):
+    with pytest.raises(IngestError, match=r"pixel size is unknown: pass pixel_size_um="):
         ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern)
-    with pytest.raises(ValueError, match=r"2 planes found but the z step is unknown: pass z_step_um="):
+    with pytest.raises(IngestError, match=r"2 planes found but the z step is unknown: pass z_step_um="):
         ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65)
-    with pytest.raises(ValueError, match=r"channel_names has 1 names \['x'\] for 2 channels"):
+    with pytest.raises(IngestError, match=r"channel_names has 1 names \['x'\] for 2 channels"):
         ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65, z_step_um=1.0,
                channel_names=["x"])
-    with pytest.raises(ValueError, match=r"channel_names has channels \['RFP'\] that are not in the files"):
+    with pytest.raises(IngestError, match=r"channel_names has channels \['RFP'\] that are not in the files"):
         ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65, z_step_um=1.0,
                channel_names={"RFP": "x"})
     out = ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65, z_step_um=0.5,
