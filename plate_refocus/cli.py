@@ -196,9 +196,107 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ingest(subparsers) -> None:
+    from .cluster import add_cluster_arguments
+    from .ingest import PRESETS
+    from .plate import PLATE_FORMATS
+
+    p = subparsers.add_parser(
+        "ingest",
+        help="convert a folder of TIFF planes (BBBC006 or pattern-named) into an OME-Zarr plate",
+        description="Read the TIFF planes under SRC (one file per well, site, channel and "
+        "z-plane) and write them, streaming, as the OME-Zarr HCS plate OUT. Without --preset or "
+        "--pattern the BBBC006 layout is assumed. A pattern is the file path below SRC with "
+        "fields in braces: {well} (a01) or {row} and {column}, and optionally {site}, "
+        "{channel}, {z}, {t}; {name:regex} sets a field's regex, '*' matches anything, e.g. "
+        "'BBBC006_v1_images_z_{z}/mcf-z-stacks-*_{well}_s{site}_w{channel:\\d}*.tif'. "
+        "Runs on threads in this process unless --cluster/--scheduler/--workers is given.",
+    )
+    p.add_argument("source", metavar="SRC", help="folder of TIFF files (never written to)")
+    p.add_argument("out", metavar="OUT", help="plate to write (.zarr)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a known layout and its metadata (default: bbbc006 unless --pattern)")
+    p.add_argument("--pattern", help="file-name template, see above (overrides the preset's)")
+    p.add_argument("--plate-format", type=int, choices=sorted(PLATE_FORMATS),
+                   help="wells on the plate (default: inferred from the wells found)")
+    p.add_argument("--z-step", type=float, help="distance between planes in um "
+                   "(BBBC006: 2; required for other multi-plane layouts)")
+    p.add_argument("--focal-plane", type=int,
+                   help="in-focus plane number as in the file names (BBBC006: 16)")
+    p.add_argument("--channel-names", help="comma-separated names in channel order, or "
+                   "value=name pairs, e.g. '1=Hoechst,2=phalloidin'")
+    p.add_argument("--timepoint", type=int, help="with a {t} field: the time point to keep")
+    p.add_argument("--on-missing", choices=["fill", "refuse"], default="fill",
+                   help="missing planes: write zeros and list them in the metadata (default) "
+                   "or refuse")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what was found (wells, fields, channels, planes, missing) and exit")
+    p.add_argument("--no-progress", action="store_true",
+                   help="do not show the progress bar (shown only on a terminal)")
+    _add_optics_arguments(p, defaults=False)
+    add_cluster_arguments(p)
+    p.set_defaults(func=_cmd_ingest)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    import contextlib
+    import warnings
+
+    from .cluster import client_from_args
+    from .ingest import ingest, preset_for, scan
+
+    names = None
+    if args.channel_names:
+        items = [item.strip() for item in args.channel_names.split(",") if item.strip()]
+        if all("=" in item for item in items):
+            names = dict(item.split("=", 1) for item in items)
+        else:
+            names = items
+    if args.dry_run:
+        found = scan(args.source, preset=args.preset, pattern=args.pattern,
+                     plate_format=args.plate_format, timepoint=args.timepoint)
+        print(f"{len(found.files)} files under {args.source}: {found.plate_format}-well plate, "
+              f"{len(found.wells)} wells x {len(found.sites)} sites {list(found.sites)} x "
+              f"{len(found.channels)} channels {list(found.channels)} x {len(found.planes)} "
+              f"planes {found.planes[0]}-{found.planes[-1]}")
+        print(found.missing_summary())
+        return 0
+    given = {name: getattr(args, flag) for name, flag in (
+        ("na", "na"), ("wavelength_um", "wavelength"), ("immersion_index", "immersion_index"))
+        if getattr(args, flag) is not None}
+    preset = preset_for(args.preset, args.pattern)
+    pixel = args.pixel_size if args.pixel_size is not None else preset and preset.pixel_size_um
+    optics = Optics(**given, pixel_size_um=pixel) if given and pixel is not None else None
+    use_cluster = bool(args.scheduler or args.cluster != "local" or args.workers)
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(client_from_args(args)) if use_cluster else None
+        caught = stack.enter_context(warnings.catch_warnings(record=True))
+        warnings.simplefilter("always", UserWarning)
+        try:
+            out = ingest(
+                args.source, args.out, preset=args.preset, pattern=args.pattern,
+                plate_format=args.plate_format, pixel_size_um=args.pixel_size,
+                z_step_um=args.z_step, focal_plane=args.focal_plane, channel_names=names,
+                optics=optics, timepoint=args.timepoint, on_missing=args.on_missing,
+                overwrite=args.overwrite, client=client,
+                progress=not args.no_progress and sys.stderr.isatty(),
+            )
+        except (ValueError, TypeError) as error:  # bad flag values: one line, like library errors
+            if isinstance(error, PlateRefocusError):
+                raise
+            print(f"plate-refocus ingest: error: {error}", file=sys.stderr)
+            return 2
+    for warning in caught:
+        print(f"plate-refocus ingest: warning: {warning.message}", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 _COMMANDS: list[tuple[str, Callable]] = []  # (name, _add_<name>) in --help order
+_COMMANDS.append(("ingest", _add_ingest))
 _COMMANDS.append(("simulate", _add_simulate))
 _COMMANDS.append(("info", _add_info))
 
