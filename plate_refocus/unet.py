@@ -107,8 +107,8 @@ class UNetConfig:
     """
 
     depth: int = 4
-    filters: int = 16
-    full_resolution: str = "conv"
+    filters: int = 8
+    full_resolution: str = "patch"
     residual: bool = True
     kernel_size: int = 3
 
@@ -259,10 +259,12 @@ def build_unet(config: UNetConfig = UNetConfig(), *, name: str = "refocus_unet",
         x = layers.Concatenate(name=f"up{level}_concat")([skips[level - first], x])
         x = conv(x, w[level], f"up{level}_conv1")
         x = conv(x, w[level], f"up{level}_conv2")
+    # A residual network starts as the identity: its correction layer starts at zero.
+    last = {"kernel_initializer": "zeros"} if config.residual else {}
     if config.full_resolution == "patch":
-        x = layers.Conv2DTranspose(1, 2, strides=2, name="patch_out")(x)
+        x = layers.Conv2DTranspose(1, 2, strides=2, name="out", **last)(x)
     else:
-        x = layers.Conv2D(1, 1, name="out")(x)
+        x = layers.Conv2D(1, 1, name="out", **last)(x)
     if config.residual:
         x = layers.Add(name="residual")([inputs, x])
     return keras.Model(inputs, x, name=name)
