@@ -40,6 +40,10 @@ _LAZY = {
     "simulate_field": "simulate",
     "estimate_psf": "psf",
     "load_model": "unet",
+    "save_model": "unet",
+    "default_model_path": "unet",
+    "train_plate": "train",
+    "evaluate_plate": "metrics",
     "run_plate": "pipeline",
     "open_results": "pipeline",
 }
