@@ -12,7 +12,7 @@ An "image" is one (y, x) plane: one channel at one depth of one field. In one ru
 * the FFT convolutions alone (rfft2 of the padded object, one irfft2 per depth), for reference;
 
 and the peak resident memory of each worker (psutil RSS sampled every 20 ms in every worker,
-workers restarted before each plate) for each number of wells, which should not grow with it.
+a fresh cluster for each plate) for each number of wells, which should not grow with it.
 """
 
 from __future__ import annotations
@@ -37,28 +37,28 @@ from plate_refocus.simulate import (
     simulate_plate,
 )
 
-_PEAK: dict[str, float] = {}
 
-
-def _start_sampler(interval: float = 0.02) -> int:
+def _start_sampler(dask_worker, interval: float = 0.02) -> int:
+    """Sample this worker's RSS in a thread; the state lives on the worker object."""
     import psutil
 
     process = psutil.Process()
-    _PEAK["rss"] = process.memory_info().rss
-    _PEAK["running"] = 1
+    state = {"rss": process.memory_info().rss, "running": True}
+    dask_worker._bench_peak = state
 
     def sample():
-        while _PEAK.get("running"):
-            _PEAK["rss"] = max(_PEAK["rss"], process.memory_info().rss)
+        while state["running"]:
+            state["rss"] = max(state["rss"], process.memory_info().rss)
             time.sleep(interval)
 
     threading.Thread(target=sample, daemon=True).start()
     return os.getpid()
 
 
-def _stop_sampler() -> float:
-    _PEAK["running"] = 0
-    return _PEAK["rss"]
+def _stop_sampler(dask_worker) -> float:
+    state = dask_worker._bench_peak
+    state["running"] = False
+    return state["rss"]
 
 
 def _warm_up(size, depths) -> None:
@@ -107,14 +107,14 @@ def main() -> None:
     fft_s = fft_only(args.bare_fields, size, depths)
     fft_rate = args.bare_fields * images_per_field / fft_s
 
-    rows = []
-    t0 = time.perf_counter()
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
-        startup = time.perf_counter() - t0
-        with tempfile.TemporaryDirectory() as tmp:
-            for n_wells in wells_list:
-                client.restart()
+    rows, startups = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n_wells in wells_list:
+            # A fresh cluster per plate, so each peak starts from a clean worker.
+            t0 = time.perf_counter()
+            with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                              dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
+                startups.append(time.perf_counter() - t0)
                 client.run(_warm_up, size, depths)
                 client.run(_start_sampler)
                 columns = min(n_wells, 6)
@@ -124,10 +124,11 @@ def main() -> None:
                                      plate_format=96 if n_wells <= 96 else 384)
                 seconds = time.perf_counter() - start
                 peaks = client.run(_stop_sampler)
-                n_images = n_wells * args.fields * images_per_field
-                disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-                rows.append((n_wells, n_images, seconds, n_images / seconds,
-                             max(peaks.values()) / 2**20, disk / 2**20))
+            n_images = n_wells * args.fields * images_per_field
+            disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+            rows.append((n_wells, n_images, seconds, n_images / seconds,
+                         max(peaks.values()) / 2**20, disk / 2**20))
+    startup = float(np.mean(startups))
 
     load = os.getloadavg()
     print(f"bench_simulate: {args.size}x{args.size} px, 2 channels x {len(depths)} depths per field, "

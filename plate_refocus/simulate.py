@@ -710,7 +710,10 @@ def simulate_plate(
     ground_truth = {
         "object": da.concatenate(objects, axis=0),
         "in_focus": da.concatenate(in_focus, axis=0),
-        "otf_radial": true_otf_radial(depths, freq, optics),
+        # A task of its own: the fine-grid OTFs take seconds, better spent on a worker
+        # alongside the fields than on the client before anything starts.
+        "otf_radial": da.from_delayed(dask.delayed(true_otf_radial, pure=True)(depths, freq, optics),
+                                      shape=(n_z, freq.size), dtype=np.float64),
         "freq": freq,
     }
     focal = [j for j, z in enumerate(depths) if z == 0]
