@@ -38,6 +38,8 @@ _LAZY = {
     "plate_info": "plate",
     "simulate_plate": "simulate",
     "simulate_field": "simulate",
+    "simulate_objects": "simulate",
+    "Camera": "simulate",
     "estimate_psf": "psf",
     "load_model": "unet",
     "save_model": "unet",
