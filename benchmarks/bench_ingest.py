@@ -6,6 +6,9 @@ then times
 
 - ``imread``: ``tifffile.imread`` of every file, one thread and a thread pool
   (decoding only: the read-only limit of the conversion);
+- ``zarr write only``: the same pixels, already decoded, written plane by
+  plane into a zarr v3 array with the codecs ``write_plate`` uses (the
+  write-only limit);
 - ``ingest``: :func:`plate_refocus.ingest` to a zarr plate, on Dask's threaded
   scheduler and on a local distributed cluster of worker processes.
 
@@ -68,7 +71,7 @@ def make_folder(root: Path, *, wells: int, planes: int, seed: int = 0) -> list[P
                     noisy = mean + rng.normal(size=SHAPE) * np.sqrt(0.3 * mean)
                     pixels = np.clip(np.rint(noisy), 0, 4095).astype(np.uint16)
                     path = folder / NAME.format(well=well, site=site, channel=channel, uuid=uuid.uuid4())
-                    tifffile.imwrite(path, pixels, compression="lzw")
+                    tifffile.imwrite(path, pixels, compression="lzw", rowsperstrip=11)  # as BBBC006
                     files.append(path)
     return files
 
@@ -82,13 +85,33 @@ def _run_imread(folder: str, threads: int) -> dict:
     import tifffile
 
     files = sorted(str(p) for p in Path(folder).rglob("*.tif"))
+
+    def read(path: str) -> np.ndarray:
+        return tifffile.imread(path, maxworkers=1)  # one thread per file; files in parallel
+
     start = time.perf_counter()
     if threads == 1:
-        total = sum(tifffile.imread(f).nbytes for f in files)
+        total = sum(read(f).nbytes for f in files)
     else:
         with ThreadPoolExecutor(threads) as pool:
-            total = sum(a.nbytes for a in pool.map(tifffile.imread, files))
+            total = sum(a.nbytes for a in pool.map(read, files))
     return {"seconds": time.perf_counter() - start, "bytes": total}
+
+
+def _run_zarr_write(folder: str, out: str) -> dict:
+    """Write the same pixels, already in memory, plane by plane into a zarr v3 array (1 thread)."""
+    import tifffile
+    import zarr
+
+    planes = [tifffile.imread(str(p)) for p in sorted(Path(folder).rglob("*.tif"))]
+    target = zarr.create_array(out, shape=(len(planes), *SHAPE), chunks=(1, *SHAPE),
+                               dtype=np.uint16, fill_value=0, zarr_format=3)  # codecs as write_plate
+    start = time.perf_counter()
+    for i, plane in enumerate(planes):
+        target[i] = plane
+    seconds = time.perf_counter() - start
+    disk = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
+    return {"seconds": seconds, "disk": disk}
 
 
 def _run_ingest(folder: str, out: str, mode: str, workers: int) -> dict:
@@ -97,8 +120,10 @@ def _run_ingest(folder: str, out: str, mode: str, workers: int) -> dict:
     from plate_refocus import ingest
 
     start = time.perf_counter()
-    if mode == "threads":
-        with dask.config.set(scheduler="threads", num_workers=workers):
+    if mode in ("threads", "sync"):
+        config = {"scheduler": "threads", "num_workers": workers} if mode == "threads" else {
+            "scheduler": "synchronous"}
+        with dask.config.set(config):
             ingest(folder, out, preset="bbbc006", overwrite=True)
         seconds = time.perf_counter() - start
     else:
@@ -112,7 +137,7 @@ def _run_ingest(folder: str, out: str, mode: str, workers: int) -> dict:
             worker_rss = max(client.run(_max_rss).values())
     disk = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
     result = {"seconds": seconds, "disk": disk}
-    if mode != "threads":
+    if mode == "processes":
         result["worker_rss"] = worker_rss
     return result
 
@@ -127,6 +152,8 @@ def _child(argv: list[str]) -> None:
     kind, *rest = argv
     if kind == "imread":
         result = _run_imread(rest[0], int(rest[1]))
+    elif kind == "zarr":
+        result = _run_zarr_write(rest[0], rest[1])
     else:
         result = _run_ingest(rest[0], rest[1], rest[2], int(rest[3]))
     result["max_rss"] = _max_rss()
@@ -161,38 +188,45 @@ def main() -> None:
         raw = len(files) * SHAPE[0] * SHAPE[1] * 2
         compressed = sum(f.stat().st_size for f in files)
         _timed("imread", str(src), "1")  # warm the page cache
+        load = os.getloadavg()[0]
         print(f"# plate_refocus {plate_refocus.__version__}, tifffile {tifffile.__version__}, "
               f"zarr {zarr.__version__}, dask {dask.__version__}, {os.cpu_count()} CPUs")
         print(f"# {len(files)} files ({args.wells} wells x 2 sites x 2 channels x {args.planes} planes), "
               f"{SHAPE[1]}x{SHAPE[0]} uint16, {raw / 1e6:.0f} MB of pixels, "
               f"{compressed / 1e6:.0f} MB as LZW TIFF (ratio {compressed / raw:.2f}); "
               f"made in {made:.1f} s")
-        rows = [
-            ("tifffile.imread, 1 thread", ("imread", str(src), "1")),
-            (f"tifffile.imread, {args.workers} threads", ("imread", str(src), str(args.workers))),
-            (f"ingest, dask threads ({args.workers})",
-             ("ingest", str(src), str(Path(tmp) / "t.zarr"), "threads", str(args.workers))),
-            (f"ingest, LocalCluster {args.workers} processes",
-             ("ingest", str(src), str(Path(tmp) / "p.zarr"), "processes", str(args.workers))),
+        w = str(args.workers)
+        rows = [  # (label, command, the imread row it is compared with)
+            ("tifffile.imread, 1 thread", ("imread", str(src), "1"), 0),
+            (f"tifffile.imread, {w} threads", ("imread", str(src), w), 1),
+            ("zarr write only (pixels already in memory), 1 thread",
+             ("zarr", str(src), str(Path(tmp) / "z.zarr")), 0),
+            ("ingest, 1 thread (dask synchronous)",
+             ("ingest", str(src), str(Path(tmp) / "s.zarr"), "sync", "1"), 0),
+            (f"ingest, dask threads ({w})",
+             ("ingest", str(src), str(Path(tmp) / "t.zarr"), "threads", w), 1),
+            (f"ingest, LocalCluster {w} processes x 1 thread",
+             ("ingest", str(src), str(Path(tmp) / "p.zarr"), "processes", w), 1),
         ]
         print()
-        print("| run | seconds | MB/s (pixels) | vs imread 1 thread | peak RSS MB "
-              "(process / largest worker) | zarr on disk MB |")
+        print("| run | seconds | MB/s (pixels) | of the imread rate at the same parallelism | "
+              "peak RSS MB (process / largest worker) | zarr on disk MB |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
-        base = None
-        for label, cmd in rows:
+        rates: list[float] = []
+        for label, cmd, base in rows:
             best = min((_timed(*cmd) for _ in range(args.repeat)), key=lambda r: r["seconds"])
             rate = raw / best["seconds"] / 1e6
-            base = base or rate
+            rates.append(rate)
             disk = f"{best['disk'] / 1e6:.0f}" if "disk" in best else "-"
             rss = f"{best['max_rss'] / 1e6:.0f}"
             if "worker_rss" in best:
                 rss += f" / {best['worker_rss'] / 1e6:.0f}"
-            print(f"| {label} | {best['seconds']:.2f} | {rate:.0f} | {rate / base:.2f}x | "
+            print(f"| {label} | {best['seconds']:.2f} | {rate:.0f} | {rate / rates[base]:.2f} | "
                   f"{rss} | {disk} |")
         print()
         print(f"# plate size in memory would be {raw / 1e6:.0f} MB; the cluster row excludes "
-              "cluster start-up")
+              "cluster start-up; load average (1 min) before/after: "
+              f"{load:.1f} / {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -663,7 +663,7 @@ def read_plane(path: str | os.PathLike[str], *, shape: tuple[int, int] | None = 
     try:
         try:
             with tifffile.TiffFile(name) as tif:
-                data = tif.asarray()
+                data = tif.asarray(maxworkers=1)  # Dask parallelises over planes
         except Exception as error:  # tifffile and the codecs raise many kinds; say which file
             raise _BadFile(f"cannot be read: {type(error).__name__}: {error}") from error
         data = data.reshape(_as_plane_shape(data.shape))
