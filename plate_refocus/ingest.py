@@ -324,9 +324,11 @@ class Scan:
         if everywhere:
             lines.append(f"plane {_ranges(everywhere)} missing in every well")
         rest = [z for z in self.planes if z not in everywhere]
+        keep = set(rest)
+        order = {w: i for i, w in enumerate(self.wells)}
         by_field: dict[tuple[str, int], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-        for w, s, c, z in sorted(missing, key=lambda k: (self.wells.index(k[0]), k[1], _natural_key(k[2]), k[3])):
-            if z in rest:
+        for w, s, c, z in sorted(missing, key=lambda k: (order[k[0]], k[1], _natural_key(k[2]), k[3])):
+            if z in keep:
                 by_field[w, s][c].append(z)
         for (w, s), channels in by_field.items():
             if len(channels) == len(self.channels) and all(len(v) == len(rest) for v in channels.values()):
