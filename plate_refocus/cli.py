@@ -61,6 +61,242 @@ def _optics_from_args(args: argparse.Namespace) -> Optics:
 # Each command: _add_<name>(subparsers) and _cmd_<name>(args) -> int.
 
 
+def _add_run(subparsers) -> None:
+    from .cluster import add_cluster_arguments
+
+    p = subparsers.add_parser(
+        "run",
+        help="refocus a whole plate and estimate every well's PSF into a results store",
+        description="Refocus every field of PLATE with the U-Net and estimate the defocus PSF "
+        "of every well at every depth, on a Dask cluster, into the zarr store OUT "
+        "(open it with xr.open_zarr(OUT) or plate_refocus.open_results(OUT)).",
+    )
+    p.add_argument("plate", metavar="PLATE", help="input OME-Zarr HCS plate (never written to)")
+    p.add_argument("out", metavar="OUT", help="results store to write (zarr)")
+    p.add_argument("--model", help="a .keras model from 'plate-refocus train' "
+                   "(default: the shipped model)")
+    p.add_argument("--channel", help="channel name or index to refocus (default: the first)")
+    p.add_argument("--reference", choices=["refocused", "focal-plane"], default="refocused",
+                   help="sharp reference for the PSF: the U-Net output (default) or the stack's "
+                   "in-focus plane")
+    p.add_argument("--wells", help="comma-separated wells to process, e.g. A01,B02 (default: all)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="finish an interrupted run: skip wells already written")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (and the batch job script for jobqueue clusters) "
+                   "and exit without running")
+    add_cluster_arguments(p)
+    p.set_defaults(func=_cmd_run)
+
+
+def _progress_printer(stream=sys.stderr) -> Callable[[str, int, int], None]:
+    start = time.perf_counter()
+    tty = stream.isatty()
+
+    def show(well: str, done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        rate = done / max(time.perf_counter() - start, 1e-9)
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} wells "
+                f"(last {well}, {rate * 60:.1f} wells/min)")
+        if tty:
+            stream.write("\r" + line + ("\n" if done == total else ""))
+        elif done == total or done % max(1, total // 10) == 0:
+            stream.write(line + "\n")
+        stream.flush()
+
+    return show
+
+
+def _print_summary(summary) -> None:
+    print(
+        f"done: {len(summary.wells_computed)} wells computed"
+        + (f", {len(summary.wells_skipped)} already done (skipped)" if summary.wells_skipped else "")
+        + f" of {summary.wells_total}; {summary.fields} fields, {summary.planes} planes "
+        f"in {summary.seconds:.1f} s ({summary.planes_per_second:.2f} planes/s)"
+    )
+    print(f"results: {summary.out}")
+    print(f'open them with:  python -c "import xarray as xr; print(xr.open_zarr({str(summary.out)!r}))"')
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .cluster import client_from_args, job_script
+    from .pipeline import run_plate
+
+    wells = [w.strip() for w in args.wells.split(",")] if args.wells else None
+    if args.dry_run:
+        from .plate import plate_info
+
+        info = plate_info(args.plate)
+        print(f"plan: {info['wells']} wells x {info['fields']} fields x {info['planes']} planes "
+              f"-> {args.out}")
+        script = job_script(args)
+        if script:
+            print("batch job script for each worker job:")
+            print(script)
+        return 0
+    with client_from_args(args) as client:
+        print(f"dashboard: {client.dashboard_link}", flush=True)
+        summary = run_plate(
+            args.plate, args.out, client=client, model=args.model, channel=args.channel,
+            reference=args.reference, resume=args.resume, overwrite=args.overwrite, wells=wells,
+            gpu=getattr(args, "gpu", False), on_well_done=_progress_printer(),
+            command_line=" ".join(["plate-refocus", *sys.argv[1:]]),
+        )
+    _print_summary(summary)
+    return 0
+
+
+def _add_demo(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="simulate a small plate and run it end to end on a local cluster",
+        description="Simulate a small plate (6 wells, 2 fields, 11 depths, 128x128) into "
+        "DIR/plate.zarr and refocus it with the shipped model into DIR/results.zarr on a "
+        "local Dask cluster. Re-running replaces a previous demo's folder.",
+    )
+    p.add_argument("dir", metavar="DIR", nargs="?", default="plate-refocus-demo",
+                   help="folder for the demo's plate and results (default: ./plate-refocus-demo)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local Dask worker processes (default: one per core)")
+    p.add_argument("--size", type=int, default=128, help="field size in pixels (default 128)")
+    p.set_defaults(func=_cmd_demo)
+
+
+_DEMO_MARKER = ".plate-refocus-demo"
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from .cluster import start_client
+    from .errors import OutputExistsError
+    from .pipeline import run_plate
+    from .simulate import simulate_plate
+
+    folder = Path(args.dir)
+    if folder.exists():
+        if not (folder / _DEMO_MARKER).exists():
+            raise OutputExistsError(
+                f"{str(folder)!r} exists and was not made by 'plate-refocus demo'; "
+                "choose another folder: plate-refocus demo DIR"
+            )
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / _DEMO_MARKER).write_text("made by plate-refocus demo\n")
+    plate, results = folder / "plate.zarr", folder / "results.zarr"
+    with start_client("local", n_workers=args.workers) as client:
+        print(f"dashboard: {client.dashboard_link}", flush=True)
+        print(f"simulating {plate} ...", flush=True)
+        simulate_plate(plate, rows=2, columns=3, fields=2, size=(args.size, args.size), seed=1,
+                       client=client)
+        print(f"refocusing into {results} ...", flush=True)
+        summary = run_plate(plate, results, client=client, on_well_done=_progress_printer(),
+                            command_line=" ".join(["plate-refocus", *sys.argv[1:]]))
+    _print_summary(summary)
+    return 0
+
+
+def _add_ingest(subparsers) -> None:
+    from .cluster import add_cluster_arguments
+    from .ingest import PRESETS
+    from .plate import PLATE_FORMATS
+
+    p = subparsers.add_parser(
+        "ingest",
+        help="convert a folder of TIFF planes (BBBC006 or pattern-named) into an OME-Zarr plate",
+        description="Read the TIFF planes under SRC (one file per well, site, channel and "
+        "z-plane) and write them, streaming, as the OME-Zarr HCS plate OUT. Without --preset or "
+        "--pattern the BBBC006 layout is assumed. A pattern is the file path below SRC with "
+        "fields in braces: {well} (a01) or {row} and {column}, and optionally {site}, "
+        "{channel}, {z}, {t}; {name:regex} sets a field's regex, '*' matches anything, e.g. "
+        "'BBBC006_v1_images_z_{z}/mcf-z-stacks-*_{well}_s{site}_w{channel:\\d}*.tif'. "
+        "Runs on threads in this process unless --cluster/--scheduler/--workers is given.",
+    )
+    p.add_argument("source", metavar="SRC", help="folder of TIFF files (never written to)")
+    p.add_argument("out", metavar="OUT", help="plate to write (.zarr)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a known layout and its metadata (default: bbbc006 unless --pattern)")
+    p.add_argument("--pattern", help="file-name template, see above (overrides the preset's)")
+    p.add_argument("--plate-format", type=int, choices=sorted(PLATE_FORMATS),
+                   help="wells on the plate (default: inferred from the wells found)")
+    p.add_argument("--z-step", type=float, help="distance between planes in um "
+                   "(BBBC006: 2; required for other multi-plane layouts)")
+    p.add_argument("--focal-plane", type=int,
+                   help="in-focus plane number as in the file names (BBBC006: 16)")
+    p.add_argument("--channel-names", help="comma-separated names in channel order, or "
+                   "value=name pairs, e.g. '1=Hoechst,2=phalloidin'")
+    p.add_argument("--timepoint", type=int, help="with a {t} field: the time point to keep")
+    p.add_argument("--on-missing", choices=["fill", "refuse"], default="fill",
+                   help="missing planes: write zeros and list them in the metadata (default) "
+                   "or refuse")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what was found (wells, fields, channels, planes, missing) and exit")
+    p.add_argument("--no-progress", action="store_true",
+                   help="do not show the progress bar (shown only on a terminal)")
+    _add_optics_arguments(p, defaults=False)
+    add_cluster_arguments(p)
+    p.set_defaults(func=_cmd_ingest)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    import contextlib
+    import warnings
+
+    from .cluster import client_from_args
+    from .ingest import ingest, preset_for, scan
+
+    names = None
+    if args.channel_names:
+        items = [item.strip() for item in args.channel_names.split(",") if item.strip()]
+        if all("=" in item for item in items):
+            names = dict(item.split("=", 1) for item in items)
+        else:
+            names = items
+    if args.dry_run:
+        found = scan(args.source, preset=args.preset, pattern=args.pattern,
+                     plate_format=args.plate_format, timepoint=args.timepoint)
+        print(f"{len(found.files)} files under {args.source}: {found.plate_format}-well plate, "
+              f"{len(found.wells)} wells x {len(found.sites)} sites {list(found.sites)} x "
+              f"{len(found.channels)} channels {list(found.channels)} x {len(found.planes)} "
+              f"planes {found.planes[0]}-{found.planes[-1]}")
+        print(found.missing_summary())
+        return 0
+    given = {name: getattr(args, flag) for name, flag in (
+        ("na", "na"), ("wavelength_um", "wavelength"), ("immersion_index", "immersion_index"))
+        if getattr(args, flag) is not None}
+    preset = preset_for(args.preset, args.pattern)
+    pixel = args.pixel_size if args.pixel_size is not None else preset and preset.pixel_size_um
+    optics = Optics(**given, pixel_size_um=pixel) if given and pixel is not None else None
+    use_cluster = bool(args.scheduler or args.cluster != "local" or args.workers)
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(client_from_args(args)) if use_cluster else None
+        caught = stack.enter_context(warnings.catch_warnings(record=True))
+        warnings.simplefilter("always", UserWarning)
+        try:
+            out = ingest(
+                args.source, args.out, preset=args.preset, pattern=args.pattern,
+                plate_format=args.plate_format, pixel_size_um=args.pixel_size,
+                z_step_um=args.z_step, focal_plane=args.focal_plane, channel_names=names,
+                optics=optics, timepoint=args.timepoint, on_missing=args.on_missing,
+                overwrite=args.overwrite, client=client,
+                progress=not args.no_progress and sys.stderr.isatty(),
+            )
+        except (ValueError, TypeError) as error:  # bad flag values: one line, like library errors
+            if isinstance(error, PlateRefocusError):
+                raise
+            print(f"plate-refocus ingest: error: {error}", file=sys.stderr)
+            return 2
+    for warning in caught:
+        print(f"plate-refocus ingest: warning: {warning.message}", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -193,103 +429,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for warning in caught:
         print(f"plate-refocus info: warning: {warning.message}", file=sys.stderr)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
-    return 0
-
-
-def _add_ingest(subparsers) -> None:
-    from .cluster import add_cluster_arguments
-    from .ingest import PRESETS
-    from .plate import PLATE_FORMATS
-
-    p = subparsers.add_parser(
-        "ingest",
-        help="convert a folder of TIFF planes (BBBC006 or pattern-named) into an OME-Zarr plate",
-        description="Read the TIFF planes under SRC (one file per well, site, channel and "
-        "z-plane) and write them, streaming, as the OME-Zarr HCS plate OUT. Without --preset or "
-        "--pattern the BBBC006 layout is assumed. A pattern is the file path below SRC with "
-        "fields in braces: {well} (a01) or {row} and {column}, and optionally {site}, "
-        "{channel}, {z}, {t}; {name:regex} sets a field's regex, '*' matches anything, e.g. "
-        "'BBBC006_v1_images_z_{z}/mcf-z-stacks-*_{well}_s{site}_w{channel:\\d}*.tif'. "
-        "Runs on threads in this process unless --cluster/--scheduler/--workers is given.",
-    )
-    p.add_argument("source", metavar="SRC", help="folder of TIFF files (never written to)")
-    p.add_argument("out", metavar="OUT", help="plate to write (.zarr)")
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="a known layout and its metadata (default: bbbc006 unless --pattern)")
-    p.add_argument("--pattern", help="file-name template, see above (overrides the preset's)")
-    p.add_argument("--plate-format", type=int, choices=sorted(PLATE_FORMATS),
-                   help="wells on the plate (default: inferred from the wells found)")
-    p.add_argument("--z-step", type=float, help="distance between planes in um "
-                   "(BBBC006: 2; required for other multi-plane layouts)")
-    p.add_argument("--focal-plane", type=int,
-                   help="in-focus plane number as in the file names (BBBC006: 16)")
-    p.add_argument("--channel-names", help="comma-separated names in channel order, or "
-                   "value=name pairs, e.g. '1=Hoechst,2=phalloidin'")
-    p.add_argument("--timepoint", type=int, help="with a {t} field: the time point to keep")
-    p.add_argument("--on-missing", choices=["fill", "refuse"], default="fill",
-                   help="missing planes: write zeros and list them in the metadata (default) "
-                   "or refuse")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print what was found (wells, fields, channels, planes, missing) and exit")
-    p.add_argument("--no-progress", action="store_true",
-                   help="do not show the progress bar (shown only on a terminal)")
-    _add_optics_arguments(p, defaults=False)
-    add_cluster_arguments(p)
-    p.set_defaults(func=_cmd_ingest)
-
-
-def _cmd_ingest(args: argparse.Namespace) -> int:
-    import contextlib
-    import warnings
-
-    from .cluster import client_from_args
-    from .ingest import ingest, preset_for, scan
-
-    names = None
-    if args.channel_names:
-        items = [item.strip() for item in args.channel_names.split(",") if item.strip()]
-        if all("=" in item for item in items):
-            names = dict(item.split("=", 1) for item in items)
-        else:
-            names = items
-    if args.dry_run:
-        found = scan(args.source, preset=args.preset, pattern=args.pattern,
-                     plate_format=args.plate_format, timepoint=args.timepoint)
-        print(f"{len(found.files)} files under {args.source}: {found.plate_format}-well plate, "
-              f"{len(found.wells)} wells x {len(found.sites)} sites {list(found.sites)} x "
-              f"{len(found.channels)} channels {list(found.channels)} x {len(found.planes)} "
-              f"planes {found.planes[0]}-{found.planes[-1]}")
-        print(found.missing_summary())
-        return 0
-    given = {name: getattr(args, flag) for name, flag in (
-        ("na", "na"), ("wavelength_um", "wavelength"), ("immersion_index", "immersion_index"))
-        if getattr(args, flag) is not None}
-    preset = preset_for(args.preset, args.pattern)
-    pixel = args.pixel_size if args.pixel_size is not None else preset and preset.pixel_size_um
-    optics = Optics(**given, pixel_size_um=pixel) if given and pixel is not None else None
-    use_cluster = bool(args.scheduler or args.cluster != "local" or args.workers)
-    with contextlib.ExitStack() as stack:
-        client = stack.enter_context(client_from_args(args)) if use_cluster else None
-        caught = stack.enter_context(warnings.catch_warnings(record=True))
-        warnings.simplefilter("always", UserWarning)
-        try:
-            out = ingest(
-                args.source, args.out, preset=args.preset, pattern=args.pattern,
-                plate_format=args.plate_format, pixel_size_um=args.pixel_size,
-                z_step_um=args.z_step, focal_plane=args.focal_plane, channel_names=names,
-                optics=optics, timepoint=args.timepoint, on_missing=args.on_missing,
-                overwrite=args.overwrite, client=client,
-                progress=not args.no_progress and sys.stderr.isatty(),
-            )
-        except (ValueError, TypeError) as error:  # bad flag values: one line, like library errors
-            if isinstance(error, PlateRefocusError):
-                raise
-            print(f"plate-refocus ingest: error: {error}", file=sys.stderr)
-            return 2
-    for warning in caught:
-        print(f"plate-refocus ingest: warning: {warning.message}", file=sys.stderr)
-    print(f"wrote {out}")
     return 0
 
 
@@ -442,9 +581,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 # --- entry point ------------------------------------------------------------------------------
 
 _COMMANDS: list[tuple[str, Callable]] = []  # (name, _add_<name>) in --help order
-_COMMANDS.append(("ingest", _add_ingest))
 _COMMANDS.append(("simulate", _add_simulate))
 _COMMANDS.append(("info", _add_info))
+_COMMANDS.append(("ingest", _add_ingest))
+_COMMANDS.append(("run", _add_run))
+_COMMANDS.append(("demo", _add_demo))
 _COMMANDS.append(("train", _add_train))
 _COMMANDS.append(("evaluate", _add_evaluate))
 
