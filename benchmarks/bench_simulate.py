@@ -4,9 +4,10 @@
 
 An "image" is one (y, x) plane: one channel at one depth of one field. In one run it measures
 
-* the pipeline: ``simulate_plate`` on a local Dask cluster (``--workers`` processes x 1 thread)
-  writing an OME-Zarr plate with its ground truth, timed on a warm cluster (the cluster start-up
-  is printed separately);
+* the pipeline: ``simulate_plate`` on a local Dask cluster (``--workers`` processes x 1 thread,
+  spawned with ``simulate.WORKER_MALLOC_ENV`` as ``simulate_plate`` does) writing an OME-Zarr
+  plate with its ground truth, timed on a warm cluster (the cluster start-up is printed
+  separately);
 * a bare loop: the same ``simulate_field`` calls (cells, one rfft2 per channel, one irfft2 per
   depth, camera noise) in one thread of this process, no Dask, no zarr;
 * the FFT convolutions alone (rfft2 of the padded object, one irfft2 per depth), for reference;
@@ -24,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import scipy.fft
 
@@ -35,6 +37,7 @@ from plate_refocus.simulate import (
     simulate_field,
     simulate_objects,
     simulate_plate,
+    worker_malloc_config,
 )
 
 
@@ -112,8 +115,9 @@ def main() -> None:
         for n_wells in wells_list:
             # A fresh cluster per plate, so each peak starts from a clean worker.
             t0 = time.perf_counter()
-            with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                              dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
+            with dask.config.set(worker_malloc_config()), \
+                    LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                                 dashboard_address=":0", silence_logs=40) as cluster, Client(cluster) as client:
                 startups.append(time.perf_counter() - t0)
                 client.run(_warm_up, size, depths)
                 client.run(_start_sampler)

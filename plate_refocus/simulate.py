@@ -585,6 +585,26 @@ def true_otf_radial(depths_um: Sequence[float], freq: np.ndarray, optics: Optics
     return np.stack([radial_otf(freq, z, optics) for z in depths])
 
 
+#: glibc settings for worker processes that allocate and free many arrays of a few MB.
+#: Distributed sets MALLOC_TRIM_THRESHOLD_=65536 so workers hand memory back quickly; setting
+#: it also freezes the mmap threshold at 128 KiB, so every array of the padded grid is a fresh
+#: mmap whose pages fault in again (measured: 3x the page faults, +60% CPU per field). Keeping
+#: arrays below 32 MiB on the heap, trimmed above 128 MiB, makes a worker as fast as a plain loop.
+WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(128 * 2**20)}
+
+
+def worker_malloc_config() -> dict[str, Any]:
+    """Dask config that spawns local worker processes with :data:`WORKER_MALLOC_ENV`.
+
+    Use as ``with dask.config.set(worker_malloc_config()): LocalCluster(...)``. Variables
+    already in this process's environment win (that is how distributed reads them).
+    """
+    import dask
+
+    current = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    return {"distributed.nanny.pre-spawn-environ": {**current, **WORKER_MALLOC_ENV}}
+
+
 def _field_task(shape, depths, seed_key, optics, camera, channels) -> SimulatedField:
     return simulate_field(shape, depths, seed=np.random.SeedSequence(list(seed_key)),
                           optics=optics, camera=camera, channels=channels)
@@ -730,8 +750,9 @@ def simulate_plate(
     from distributed import Client, LocalCluster
 
     n_workers = workers or max(1, len(os.sched_getaffinity(0)))
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", silence_logs=logging.WARNING) as cluster, \
+    with dask.config.set(worker_malloc_config()), \
+            LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                         dashboard_address=":0", silence_logs=logging.WARNING) as cluster, \
             Client(cluster, set_as_default=False) as own:
         log.info("simulating %d fields on %d workers; dashboard: %s", len(wells) * fields,
                  n_workers, own.dashboard_link)

@@ -19,11 +19,15 @@ TINY = {
 
 @pytest.fixture(scope="session")
 def local_cluster():
-    """A real ``distributed.LocalCluster``: 2 single-threaded worker processes, no dashboard."""
+    """A real ``distributed.LocalCluster``: 2 single-threaded worker processes (dashboard on a free port)."""
+    import dask
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=40) as cluster:
+    from plate_refocus.simulate import worker_malloc_config
+
+    with dask.config.set(worker_malloc_config()), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                         dashboard_address=":0", silence_logs=40) as cluster:
         yield cluster
 
 
