@@ -105,7 +105,8 @@ def _run_zarr_write(folder: str, out: str) -> dict:
 
     planes = [tifffile.imread(str(p)) for p in sorted(Path(folder).rglob("*.tif"))]
     target = zarr.create_array(out, shape=(len(planes), *SHAPE), chunks=(1, *SHAPE),
-                               dtype=np.uint16, fill_value=0, zarr_format=3)  # codecs as write_plate
+                               dtype=np.uint16, fill_value=0, zarr_format=3,  # codecs as write_plate
+                               overwrite=True)
     start = time.perf_counter()
     for i, plane in enumerate(planes):
         target[i] = plane
@@ -161,8 +162,10 @@ def _child(argv: list[str]) -> None:
 
 
 def _timed(*args: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
+    done = subprocess.run([sys.executable, __file__, "--child", *args],
                           capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"benchmark run {args} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
