@@ -40,6 +40,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from dask.delayed import Delayed
 
 from . import __version__
 from .cluster import gpu_tasks, preserve_annotations
@@ -110,85 +111,110 @@ def refocus_plane(plane: np.ndarray, model_path: str) -> np.ndarray:
     return np.asarray(model.predict(np.asarray(plane, dtype=np.float32)), dtype=np.float32)
 
 
-def _refocus_block(block: np.ndarray, model_path: str) -> np.ndarray:
-    # block: (1, ..., 1, Y, X) -- one image plane
-    out = refocus_plane(block.reshape(block.shape[-2:]), model_path)
-    return out.reshape(block.shape)
+_ARRAYS_LOCK = threading.Lock()
+_ARRAYS: dict[tuple[str, str, str], Any] = {}
 
 
-def _spectra_block(
-    reference: np.ndarray, defocused: np.ndarray, background: float, backend: str
-) -> np.ndarray:
-    """One field's Fourier partial sums, packed as ``(..., 2, Y, X//2+1)`` complex128.
-
-    Packed so that Dask can sum them over fields with an ordinary array
-    reduction: ``[0]`` is the numerator ``conj(F) G``, ``[1]`` the denominator
-    ``|F|^2`` (real part).
-    """
-    from .psf import field_spectra
-
-    shape = defocused.shape[-2:]
-    spectra = field_spectra(
-        reference.reshape(shape).astype(np.float64),
-        defocused.reshape(shape).astype(np.float64),
-        reference_background=background,
-        defocused_background=background,
-        backend=backend,
-    )
-    packed = np.stack([np.asarray(spectra.numerator), np.asarray(spectra.denominator)])
-    return packed.astype(np.complex128).reshape(defocused.shape[:-2] + packed.shape)
+def _zarr_array(store: str, path: str, mode: str) -> Any:
+    """A zarr array opened once per worker process (``mode='r'`` for the input plate)."""
+    key = (store, path, mode)
+    with _ARRAYS_LOCK:
+        array = _ARRAYS.get(key)
+        if array is None:
+            array = zarr.open_array(store, path=path, mode=mode)
+            _ARRAYS[key] = array
+        return array
 
 
-def _recover_block(
-    summed: np.ndarray, count: int, shape: tuple[int, int], optics: Optics, reference: str
-) -> np.ndarray:
-    """Recover one (well, depth) PSF from summed spectra, packed as a vector.
-
-    The vector is ``[otf_radial (F), psf (P*P), defocus_um, defocus_err_um]``.
-    """
-    from .psf import FieldSpectra, recover_psf
-
-    lead = summed.shape[:-3]
-    packed = summed.reshape(summed.shape[-3:])
-    spectra = FieldSpectra(numerator=packed[0], denominator=packed[1].real, count=count)
-    est = recover_psf(spectra, shape, optics, reference=reference, psf_size=PSF_SIZE)
-    vector = np.concatenate(
-        [
-            np.asarray(est.otf_radial, dtype=np.float64),
-            np.asarray(est.psf, dtype=np.float64).ravel(),
-            [est.defocus_um, est.defocus_err_um],
-        ]
-    )
-    return vector.reshape(lead + vector.shape)
+def _read_plane(job: _Job, well: int, field: int, z: int) -> np.ndarray:
+    """One ``(Y, X)`` plane of the chosen channel, read straight from the input plate."""
+    array = _zarr_array(job.plate_path, job.field_arrays[well][field], "r")
+    where = {"t": 0, "c": job.channel, "z": z}
+    index = tuple(where.get(axis, slice(None)) for axis in job.axes)
+    return np.asarray(array[index])
 
 
-def _quality_block(
-    defocused: np.ndarray,
-    refocused: np.ndarray,
-    truth: np.ndarray | None,
-    data_range: float,
-) -> np.ndarray:
-    """Per-plane ``[[sharpness, psnr, ssim] for stage in (input, refocused)]``.
+def _quality(defocused: np.ndarray, refocused: np.ndarray, truth: np.ndarray | None,
+             data_range: float) -> np.ndarray:
+    """``[[sharpness, psnr, ssim] for stage in (input, refocused)]`` of one plane.
 
     PSNR and SSIM are NaN when there is no ground truth.
     """
     from .metrics import psnr, sharpness, ssim
 
-    shape = defocused.shape[-2:]
     out = np.full((2, 3), np.nan)
     for row, image in enumerate((defocused, refocused)):
-        image = image.reshape(shape).astype(np.float64)
+        image = np.asarray(image, dtype=np.float64)
         out[row, 0] = sharpness(image)
         if truth is not None:
-            target = truth.reshape(shape).astype(np.float64)
-            out[row, 1] = psnr(target, image, data_range=data_range)
-            out[row, 2] = ssim(target, image, data_range=data_range)
-    return out.reshape(defocused.shape[:-2] + out.shape)
+            out[row, 1] = psnr(truth, image, data_range=data_range)
+            out[row, 2] = ssim(truth, image, data_range=data_range)
+    return out
 
 
-def _quality_blocks(defocused: np.ndarray, refocused: np.ndarray, *truth: np.ndarray,
-                    data_range: float) -> np.ndarray:
-    return _quality_block(defocused, refocused, truth[0] if truth else None, data_range)
+def plane_task(job: _Job, well: int, field: int, z: int) -> tuple[Any, np.ndarray]:
+    """Refocus one plane, write it, and return its Fourier partial sums and quality.
+
+    The refocused plane goes straight into its own chunk of the results store;
+    only the spectra (for the well's reduction over fields) and six numbers
+    travel on.
+    """
+    from .psf import field_spectra
+
+    raw = _read_plane(job, well, field, z).astype(np.float32)
+    refocused = refocus_plane(raw, job.model_path)
+    _zarr_array(job.out, "refocused", "r+")[well, field, z] = refocused
+    if job.reference == "refocused":
+        reference = refocused
+    else:
+        reference = _read_plane(job, well, field, job.focal_plane).astype(np.float32)
+    spectra = field_spectra(
+        reference.astype(np.float64),
+        raw.astype(np.float64),
+        reference_background=job.background,
+        defocused_background=job.background,
+        backend=job.backend,
+    )
+    truth = None
+    if job.truth_path is not None:
+        truth = np.asarray(
+            _zarr_array(job.plate_path, job.truth_path, "r")[well, field, job.channel],
+            dtype=np.float64,
+        )
+    return spectra, _quality(raw, refocused, truth, job.data_range)
+
+
+def depth_task(job: _Job, well: int, z: int, *planes: tuple[Any, np.ndarray]) -> dict[str, Any]:
+    """The PSF of one well at one depth: sum the fields' spectra, recover, fit."""
+    from .psf import recover_psf
+
+    spectra = sum(p[0] for p in planes)
+    est = recover_psf(spectra, job.shape, job.optics, reference="in-focus", psf_size=PSF_SIZE)
+    return {
+        "otf_radial": np.asarray(est.otf_radial, dtype=np.float64),
+        "psf": np.asarray(est.psf, dtype=np.float64),
+        "defocus_um": float(est.defocus_um),
+        "defocus_err_um": float(est.defocus_err_um),
+        "quality": np.stack([p[1] for p in planes]),  # (F, 2, 3)
+    }
+
+
+def well_task(job: _Job, well: int, *depths: dict[str, Any]) -> int:
+    """Write one well's per-depth results into its own chunks; returns the plane count."""
+    out = {
+        "otf_radial": np.stack([d["otf_radial"] for d in depths]),
+        "psf": np.stack([d["psf"] for d in depths]),
+        "defocus_um": np.array([d["defocus_um"] for d in depths]),
+        "defocus_err_um": np.array([d["defocus_err_um"] for d in depths]),
+    }
+    quality = np.stack([d["quality"] for d in depths], axis=1)  # (F, Z, 2, 3)
+    out["sharpness"] = quality[..., 0]
+    if job.truth_path is not None:
+        out["psnr"] = quality[..., 1]
+        out["ssim"] = quality[..., 2]
+    for name, values in out.items():
+        _zarr_array(job.out, name, "r+")[well] = values
+    return quality.shape[0] * quality.shape[1]
 
 
 # --- the plate, the well and the results layout --------------------------------------------------
@@ -196,10 +222,18 @@ def _quality_blocks(defocused: np.ndarray, refocused: np.ndarray, *truth: np.nda
 
 @dataclasses.dataclass(frozen=True)
 class _Job:
-    """Everything a well's graph needs, resolved once per run."""
+    """What every task of a run needs: small, picklable, shared by all tasks of a well.
 
-    plate: xr.DataArray  # (well, field, z, y, x) of the chosen channel
-    truth: xr.DataArray | None  # (well, field, y, x) in-focus ground truth, or None
+    No xarray or dask objects and no model: tasks read planes from the store
+    paths here, and each worker loads the model from ``model_path`` once.
+    """
+
+    plate_path: str
+    field_arrays: tuple[tuple[str, ...], ...]  # per well, per field: level-0 array path
+    axes: tuple[str, ...]  # of those arrays, e.g. ("c", "z", "y", "x")
+    channel: int
+    truth_path: str | None  # the ground truth's in-focus array, when the plate has one
+    out: str
     model_path: str
     optics: Optics
     reference: str
@@ -207,42 +241,59 @@ class _Job:
     background: float
     data_range: float
     backend: str
-    gpu: bool
+    shape: tuple[int, int]
+    n_fields: int
+    n_z: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A resolved run: the task payload plus what the client alone needs."""
+
+    job: _Job
+    plate: xr.DataArray  # (well, field, z, y, x) of the chosen channel: coordinates only
     freq: np.ndarray
     model_info: dict[str, Any]
+    gpu: bool
 
 
-def _resolve_job(
+def _channel_index(channel: str | int | None, channels: list[str]) -> int:
+    if channel is None:
+        return 0
+    if isinstance(channel, int) or str(channel).isdigit():
+        index = int(channel)
+        if not 0 <= index < len(channels):
+            raise PlateLayoutError(
+                f"channel index {channel!r} is out of range: the plate has channels {channels!r}"
+            )
+        return index
+    if channel not in channels:
+        raise PlateLayoutError(
+            f"channel {channel!r} is not in the plate; choose one of {channels!r} with --channel"
+        )
+    return channels.index(channel)
+
+
+def _resolve(
     plate_path: str | os.PathLike,
+    out: str | os.PathLike,
     *,
     model: str | os.PathLike | None,
     channel: str | int | None,
     reference: str,
     backend: str,
     gpu: bool,
-) -> _Job:
-    from .plate import open_ground_truth, open_plate
+) -> _Plan:
+    """Open the plate (metadata only), check the options and the model, build the plan."""
+    from .plate import GROUND_TRUTH, open_plate
     from .psf import radial_frequencies
+    from .unet import default_model_path
 
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES!r}, got {reference!r}")
     plate = open_plate(plate_path)
-    channels = [str(c) for c in plate.coords["c"].values]
-    if channel is None:
-        ci = 0
-    elif isinstance(channel, int) or str(channel).isdigit():
-        ci = int(channel)
-        if not 0 <= ci < len(channels):
-            raise PlateLayoutError(
-                f"channel index {channel!r} is out of range: the plate has channels {channels!r}"
-            )
-    else:
-        if channel not in channels:
-            raise PlateLayoutError(
-                f"channel {channel!r} is not in the plate; choose one of {channels!r} with --channel"
-            )
-        ci = channels.index(channel)
-    optics = Optics.from_dict(plate.attrs["optics"]) if plate.attrs.get("optics") else Optics()
+    ci = _channel_index(channel, [str(c) for c in plate.coords["c"].values])
+    optics = Optics.from_dict(plate.attrs["optics"])
     focal_plane = plate.attrs.get("focal_plane")
     if reference == "focal-plane" and focal_plane is None:
         raise PlateLayoutError(
@@ -250,38 +301,42 @@ def _resolve_job(
             "does not record; use the default reference 'refocused', or ingest with --focal-plane"
         )
     camera = plate.attrs.get("camera") or {}
-    background = float(camera.get("offset", 0.0))
     bit_depth = int(camera.get("bit_depth", 12 if plate.dtype == np.uint16 else 8))
-    truth_ds = open_ground_truth(plate_path)
-    truth = None
-    if truth_ds is not None and "in_focus" in truth_ds:
-        truth = truth_ds["in_focus"].isel(c=ci)
-    from .unet import default_model_path
-
+    root = zarr.open_group(str(plate_path), mode="r")
+    truth_path = f"{GROUND_TRUTH}/in_focus" if f"{GROUND_TRUTH}/in_focus" in root else None
     model_path = str(Path(model) if model is not None else default_model_path())
     # Load once here: a missing or corrupt model fails before any worker starts,
-    # and the model's optics can be checked against the plate's.
+    # and a model trained for other optics warns with both sets of numbers.
     model_info = _check_model(model_path, optics)
     shape = (plate.sizes["y"], plate.sizes["x"])
-    return _Job(
-        plate=plate.isel(c=ci),
-        truth=truth,
+    job = _Job(
+        plate_path=str(plate_path),
+        field_arrays=tuple(tuple(paths) for paths in plate.attrs["field_arrays"]),
+        axes=tuple(plate.attrs["field_axes"]),
+        channel=ci,
+        truth_path=truth_path,
+        out=str(out),
         model_path=model_path,
         optics=optics,
         reference=reference,
         focal_plane=None if focal_plane is None else int(focal_plane),
-        background=background,
+        background=float(camera.get("offset", 0.0)),
         data_range=float(2**bit_depth - 1),
         backend=backend,
-        gpu=gpu,
+        shape=shape,
+        n_fields=plate.sizes["field"],
+        n_z=plate.sizes["z"],
+    )
+    return _Plan(
+        job=job,
+        plate=plate.isel(c=ci),
         freq=np.asarray(radial_frequencies(shape, optics.pixel_size_um)),
         model_info=model_info,
+        gpu=gpu,
     )
 
 
 def _check_model(model_path: str, optics: Optics) -> dict[str, Any]:
-    """Load the model once in the client: a bad file fails before any task runs,
-    and a model trained for other optics warns with both sets of numbers."""
     from .unet import load_model
 
     model = load_model(model_path)
@@ -289,84 +344,26 @@ def _check_model(model_path: str, optics: Optics) -> dict[str, Any]:
     return model.info.to_dict()
 
 
-def well_graph(job: _Job, well: int) -> dict[str, da.Array]:
-    """Lazy results of one well, keyed by variable name (nothing is computed).
+def well_graph(plan: _Plan, well: int) -> Delayed:
+    """One well's work as a Delayed (nothing is computed).
 
-    Returns dask arrays with the results layout's shapes for a single well
-    (leading ``well`` axis of length 1).
+    ``n_fields x n_z`` plane tasks (U-Net, write, spectra, quality; annotated
+    with the GPU resource when asked), one reduction per depth over the
+    fields (PSF recovery and fit), and one task writing the well's results.
     """
-    raw = job.plate.isel(well=slice(well, well + 1)).data  # (1, F, Z, Y, X)
-    raw = raw.rechunk((1, 1, 1) + raw.shape[-2:])
-    n_fields, n_z = raw.shape[1], raw.shape[2]
-    ny, nx = raw.shape[-2:]
-    meta32 = np.empty((0,) * raw.ndim, dtype=np.float32)
-    with gpu_tasks(job.gpu):
-        refocused = raw.map_blocks(
-            _refocus_block, job.model_path, dtype=np.float32, meta=meta32,
-            name=f"refocus-{well}"
-        )
-        if job.reference == "refocused":
-            reference = refocused
-        else:
-            focal = raw[:, :, job.focal_plane : job.focal_plane + 1]
-            reference = da.broadcast_to(focal, raw.shape, chunks=raw.chunks)
-        spectra = da.map_blocks(
-            _spectra_block,
-            reference,
-            raw,
-            job.background,
-            job.backend,
-            dtype=np.complex128,
-            meta=np.empty((0,) * (raw.ndim + 1), dtype=np.complex128),
-            chunks=raw.chunks[:3] + ((2,), (ny,), (nx // 2 + 1,)),
-            new_axis=[3],
-            name=f"spectra-{well}",
-        )
-    summed = spectra.sum(axis=1, split_every=8)  # (1, Z, 2, Y, Xr)
-    n_freq = job.freq.size
-    vec_len = n_freq + PSF_SIZE * PSF_SIZE + 2
-    kind = "in-focus"
-    packed = summed.map_blocks(
-        _recover_block,
-        n_fields,
-        (ny, nx),
-        job.optics,
-        kind,
-        dtype=np.float64,
-        meta=np.empty((0, 0, 0), dtype=np.float64),
-        chunks=(summed.chunks[0], summed.chunks[1], (vec_len,)),
-        drop_axis=[3, 4],
-        name=f"recover-{well}",
-    )
-    truth = None
-    if job.truth is not None:
-        truth = job.truth.isel(well=slice(well, well + 1)).data[:, :, None]  # (1, F, 1, Y, X)
-        truth = da.broadcast_to(truth, raw.shape, chunks=raw.chunks)
-    quality_inputs = [raw, refocused] + ([truth] if truth is not None else [])
-    quality = da.map_blocks(
-        _quality_blocks,
-        *quality_inputs,
-        data_range=job.data_range,
-        dtype=np.float64,
-        meta=np.empty((0,) * 5, dtype=np.float64),
-        chunks=raw.chunks[:3] + ((2,), (3,)),
-        drop_axis=[3, 4],
-        new_axis=[3, 4],
-        name=f"quality-{well}",
-    )
-    p = PSF_SIZE
-    out = {
-        "refocused": refocused,
-        "otf_radial": packed[..., :n_freq],
-        "psf": packed[..., n_freq : n_freq + p * p].reshape((1, n_z, p, p)),
-        "defocus_um": packed[..., -2],
-        "defocus_err_um": packed[..., -1],
-        "sharpness": quality[..., 0],
-    }
-    if truth is not None:
-        out["psnr"] = quality[..., 1]
-        out["ssim"] = quality[..., 2]
-    return out
+    job = plan.job
+    tag = f"{well}-{dask.base.tokenize(job)[:8]}"
+    depths = []
+    for z in range(job.n_z):
+        with gpu_tasks(plan.gpu):
+            planes = [
+                dask.delayed(plane_task, pure=False)(
+                    job, well, f, z, dask_key_name=f"plane-{tag}-{f}-{z}")
+                for f in range(job.n_fields)
+            ]
+        depths.append(dask.delayed(depth_task, pure=False)(
+            job, well, z, *planes, dask_key_name=f"depth-{tag}-{z}"))
+    return dask.delayed(well_task, pure=False)(job, well, *depths, dask_key_name=f"well-{tag}")
 
 
 _DIMS = {
@@ -384,7 +381,8 @@ _DIMS = {
 _ATTRS = {
     "refocused": {"long_name": "refocused image", "units": "camera counts (input scale)"},
     "otf_radial": {
-        "long_name": "isotropic OTF profile, normalised so otf_radial[..., 0] == 1",
+        "long_name": "isotropic OTF profile relative to the in-focus OTF (K_z / K_0 inside the "
+        "passband), normalised so otf_radial[..., 0] == 1",
     },
     "psf": {"long_name": "recovered spatial PSF, centred, sums to 1"},
     "defocus_um": {"long_name": "fitted |defocus| from the OTF", "units": "um"},
@@ -396,23 +394,24 @@ _ATTRS = {
 }
 
 
-def _template(job: _Job, attrs: dict[str, Any]) -> xr.Dataset:
+def _template(plan: _Plan, attrs: dict[str, Any]) -> xr.Dataset:
     """The results dataset with lazy zeros: its layout, coordinates and attributes."""
-    plate = job.plate
-    n_w, n_f, n_z = plate.sizes["well"], plate.sizes["field"], plate.sizes["z"]
-    ny, nx = plate.sizes["y"], plate.sizes["x"]
-    n_freq, p = job.freq.size, PSF_SIZE
+    plate, job = plan.plate, plan.job
+    n_w, n_f, n_z = plate.sizes["well"], job.n_fields, job.n_z
+    ny, nx = job.shape
+    n_freq, p = plan.freq.size, PSF_SIZE
+    quality = ((n_w, n_f, n_z, 2), (1, n_f, n_z, 2), np.float64)
     shapes = {
         "refocused": ((n_w, n_f, n_z, ny, nx), (1, 1, 1, ny, nx), np.float32),
         "otf_radial": ((n_w, n_z, n_freq), (1, n_z, n_freq), np.float64),
         "psf": ((n_w, n_z, p, p), (1, n_z, p, p), np.float64),
         "defocus_um": ((n_w, n_z), (1, n_z), np.float64),
         "defocus_err_um": ((n_w, n_z), (1, n_z), np.float64),
-        "sharpness": ((n_w, n_f, n_z, 2), (1, n_f, n_z, 2), np.float64),
+        "sharpness": quality,
         "well_done": ((n_w,), (1,), np.int8),
     }
-    if job.truth is not None:
-        shapes["psnr"] = shapes["ssim"] = shapes["sharpness"]
+    if job.truth_path is not None:
+        shapes["psnr"] = shapes["ssim"] = quality
     data_vars = {
         name: (_DIMS[name], da.zeros(shape, chunks=chunks, dtype=dtype), _ATTRS[name])
         for name, (shape, chunks, dtype) in shapes.items()
@@ -427,7 +426,7 @@ def _template(job: _Job, attrs: dict[str, Any]) -> xr.Dataset:
         "z_um": ("z", plate.coords["z_um"].values, {"units": "um"}),
         "y": ("y", plate.coords["y"].values, {"units": "um"}),
         "x": ("x", plate.coords["x"].values, {"units": "um"}),
-        "freq": ("freq", job.freq, {"units": "cycles/um"}),
+        "freq": ("freq", plan.freq, {"units": "cycles/um"}),
         "py": ("py", (np.arange(p) - p // 2) * dx, {"units": "um"}),
         "px": ("px", (np.arange(p) - p // 2) * dx, {"units": "um"}),
         "stage": ("stage", np.array(STAGES, dtype=object)),
@@ -435,34 +434,10 @@ def _template(job: _Job, attrs: dict[str, Any]) -> xr.Dataset:
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-def create_results_store(job: _Job, out: Path, attrs: dict[str, Any]) -> None:
-    """Write the results store's full layout once; no data variable is filled."""
-    template = _template(job, attrs)
-    encoding = {name: {"fill_value": 0} for name in ["well_done"]}
-    template.to_zarr(out, mode="w", compute=False, consolidated=False, encoding=encoding)
-
-
-def _store_well(job: _Job, well: int, out: Path) -> list[Any]:
-    """Lazy collections that write one well's variables into their own chunks of ``out``."""
-    results = well_graph(job, well)
-    group = zarr.open_group(str(out), mode="r+")
-    sources, targets, regions = [], [], []
-    for name, array in results.items():
-        target = group[name]
-        region = (slice(well, well + 1),) + (slice(None),) * (array.ndim - 1)
-        sources.append(array.astype(target.dtype))
-        targets.append(target)
-        regions.append(region)
-    stored = da.store(sources, targets, regions=regions, lock=False, compute=False)
-    return list(stored) if isinstance(stored, (list, tuple)) else [stored]
-
-
-def _all_written(*parts: Any) -> int:
-    """Joins a well's store tasks into one future (its result is the part count)."""
-    return len(parts)
-
-
-# --- running a plate ----------------------------------------------------------------------------
+def create_results_store(plan: _Plan, out: Path, attrs: dict[str, Any]) -> None:
+    """Write the store's full layout once (metadata and coordinates; no data chunks)."""
+    template = _template(plan, attrs)
+    template.to_zarr(out, mode="w", compute=False, consolidated=False)
 
 
 @dataclasses.dataclass
@@ -487,9 +462,10 @@ def _done_wells(out: Path) -> np.ndarray:
 
 
 def _prepare_output(
-    out: Path, job: _Job, attrs: dict[str, Any], *, resume: bool, overwrite: bool
+    out: Path, plan: _Plan, attrs: dict[str, Any], *, resume: bool, overwrite: bool
 ) -> np.ndarray:
     """Create, reuse or refuse the output store; returns the done-mask of wells."""
+    n_wells = plan.plate.sizes["well"]
     if out.exists():
         if resume:
             try:
@@ -500,7 +476,8 @@ def _prepare_output(
                     "pass --overwrite to replace it"
                 ) from error
             if existing.attrs.get("format") != _RESULTS_FORMAT or (
-                existing.sizes.get("well") != job.plate.sizes["well"]
+                existing.sizes.get("well") != n_wells
+                or existing.attrs.get("source_plate") != attrs["source_plate"]
             ):
                 raise OutputExistsError(
                     f"cannot resume {str(out)!r}: it was written for another plate or layout; "
@@ -519,17 +496,17 @@ def _prepare_output(
                 "to replace it"
             )
         shutil.rmtree(out)
-    create_results_store(job, out, attrs)
-    return np.zeros(job.plate.sizes["well"], dtype=bool)
+    create_results_store(plan, out, attrs)
+    return np.zeros(n_wells, dtype=bool)
 
 
-def _run_attrs(job: _Job, plate_path: Path, command_line: str | None) -> dict[str, Any]:
-    info = job.model_info
+def _run_attrs(plan: _Plan, command_line: str | None) -> dict[str, Any]:
+    job, info = plan.job, plan.model_info
     return {
         "format": _RESULTS_FORMAT,
         "title": "plate_refocus results",
-        "source_plate": str(plate_path.resolve()),
-        "channel": str(job.plate.coords["c"].values),
+        "source_plate": str(Path(job.plate_path).resolve()),
+        "channel": str(plan.plate.coords["c"].values),
         "optics": json.dumps(job.optics.to_dict()),
         "reference": job.reference,
         "psf_estimate": "K_z / K_0 (relative to the in-focus image) inside the passband",
@@ -602,57 +579,48 @@ def run_plate(
     plate_path, out = Path(plate), Path(out)
     if out.resolve() == plate_path.resolve():
         raise OutputExistsError("the output path is the input plate; choose another path")
-    job = _resolve_job(
-        plate_path, model=model, channel=channel, reference=reference, backend=backend, gpu=gpu
-    )
-    names = [str(w) for w in job.plate.coords["well"].values]
+    plan = _resolve(plate_path, out, model=model, channel=channel, reference=reference,
+                    backend=backend, gpu=gpu)
+    names = [str(w) for w in plan.plate.coords["well"].values]
     if wells is not None:
         unknown = sorted(set(wells) - set(names))
         if unknown:
             raise PlateLayoutError(f"wells {unknown!r} are not in the plate; it has {names!r}")
-    attrs = _run_attrs(job, plate_path, command_line)
-    done = _prepare_output(out, job, attrs, resume=resume, overwrite=overwrite)
+    attrs = _run_attrs(plan, command_line)
+    done = _prepare_output(out, plan, attrs, resume=resume, overwrite=overwrite)
     todo = [i for i, name in enumerate(names) if not done[i] and (wells is None or name in wells)]
     skipped = [names[i] for i in range(len(names)) if done[i]]
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     window = max_wells_in_flight or 2 * n_workers
-    done_group = zarr.open_group(str(out), mode="r+")
+    done_array = zarr.open_array(str(out), path="well_done", mode="r+")
     computed: list[str] = []
     start = time.perf_counter()
     pending: Iterator[int] = iter(todo)
     futures: dict[Any, int] = {}
-    ac = None
+    ac = as_completed(loop=client.loop)
 
-    def submit_next() -> bool:
+    def submit_next() -> None:
         index = next(pending, None)
-        if index is None:
-            return False
-        delayed = _store_well(job, index, out)
-        # Without fusion, the GPU annotations survive optimisation; culling still happens.
-        with preserve_annotations() if gpu else contextlib.nullcontext():
-            parts = client.compute(delayed, retries=2)
-        future = client.submit(_all_written, *parts, key=f"well-written-{names[index]}-{index}",
-                               pure=False)
-        futures[future] = index
-        if ac is not None:
+        if index is not None:
+            # Without fusion the GPU annotations survive optimisation; culling still happens.
+            with preserve_annotations() if gpu else contextlib.nullcontext():
+                future = client.compute(well_graph(plan, index), retries=2)
+            futures[future] = index
             ac.add(future)
-        return True
 
     for _ in range(window):
-        if not submit_next():
-            break
-    ac = as_completed(list(futures), loop=client.loop)
+        submit_next()
     for future in ac:
         index = futures.pop(future)
         future.result()  # re-raises a task's error here, with its traceback
-        done_group["well_done"][index] = 1
+        done_array[index] = 1
         computed.append(names[index])
         if on_well_done is not None:
             on_well_done(names[index], len(computed), len(todo))
         submit_next()
     seconds = time.perf_counter() - start
     zarr.consolidate_metadata(str(out))
-    n_fields, n_z = job.plate.sizes["field"], job.plate.sizes["z"]
+    n_fields, n_z = plan.job.n_fields, plan.job.n_z
     return RunSummary(
         out=out,
         wells_total=len(names),
@@ -687,19 +655,20 @@ def open_results(path: str | os.PathLike) -> xr.Dataset:
     return ds
 
 
-def plate_graph_size(job: _Job, out: Path) -> tuple[int, int]:
-    """Pickled bytes and task count of the graphs of every well (nothing computed).
+def plate_graph_size(plan: _Plan) -> tuple[int, int, int]:
+    """Pickled bytes (all wells, largest well) and task count of a run's graphs.
 
-    Each well's graph is optimised (culled) as it is when submitted, then
-    pickled with cloudpickle, as the client does before sending it.
+    Built without computing anything: each well's graph is optimised as it is
+    when submitted and pickled with cloudpickle, as the client does.
     """
     import cloudpickle
 
-    total_bytes = total_tasks = 0
-    for well in range(job.plate.sizes["well"]):
-        graph: dict = {}
-        for collection in dask.optimize(*_store_well(job, well, out)):
-            graph.update(dict(collection.__dask_graph__()))
-        total_bytes += len(cloudpickle.dumps(graph))
+    total_bytes = largest = total_tasks = 0
+    for well in range(plan.plate.sizes["well"]):
+        (optimized,) = dask.optimize(well_graph(plan, well))
+        graph = dict(optimized.__dask_graph__())
+        size = len(cloudpickle.dumps(graph))
+        total_bytes += size
+        largest = max(largest, size)
         total_tasks += len(graph)
-    return total_bytes, total_tasks
+    return total_bytes, largest, total_tasks

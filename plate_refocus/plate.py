@@ -627,6 +627,7 @@ def open_plate(path: str | Path):
     ours = attrs.get(ATTRS_KEY, {}) if isinstance(attrs.get(ATTRS_KEY), Mapping) else {}
 
     well_names, row_coord, column_coord, stacks = [], [], [], []
+    field_arrays: list[list[str]] = []  # store paths of each field's level-0 array, per well
     reference: tuple | None = None
     for meta in wells_meta:
         well_path = meta["path"]
@@ -647,6 +648,7 @@ def open_plate(path: str | Path):
         well_ome, _ = _ome(well_group.attrs.asdict())
         images = (well_ome.get("well") or {}).get("images") or []
         fields = []
+        field_arrays.append([])
         for image in images:
             array, axes, scale = _field_array(root, well_path, image["path"], plate_name)
             key = f"{well_path}/{image['path']}"
@@ -662,6 +664,7 @@ def open_plate(path: str | Path):
                 )
             token = tokenize(plate_name, key, this)
             fields.append(_to_czyx(array, axes, key, plate_name, f"open_plate-{token}"))
+            field_arrays[-1].append(array.path)
         if not fields:
             raise PlateLayoutError(f"well {well_path!r} of plate {plate_name!r} has no images")
         if stacks and len(fields) != stacks[0].shape[0]:
@@ -700,6 +703,10 @@ def open_plate(path: str | Path):
         "source": plate_name,
         "ngff_version": version,
         "zarr_format": root.metadata.zarr_format,
+        # For workers that read planes themselves (the pipeline): the store path of
+        # every field's level-0 array, per well, and that array's axes.
+        "field_arrays": field_arrays,
+        "field_axes": list(reference[0]),
     }
     if ours.get("camera"):
         result_attrs["camera"] = dict(ours["camera"])

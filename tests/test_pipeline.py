@@ -136,23 +136,26 @@ def test_bad_channel_and_reference_are_explained(tiny_plate, tiny_model, client,
     assert not (tmp_path / "r.zarr").exists()
 
 
-def test_building_a_well_graph_computes_nothing(tiny_plate, tiny_model):
-    from plate_refocus.pipeline import _resolve_job, well_graph
+def test_building_well_graphs_computes_nothing_and_stays_small(tiny_plate, tiny_model, tmp_path):
+    import cloudpickle
+
+    from plate_refocus.pipeline import _resolve, plate_graph_size, well_graph
 
     def refuse(*args, **kwargs):
         raise AssertionError("building the graph computed something")
 
-    job = _resolve_job(tiny_plate, model=tiny_model, channel=None, reference="refocused",
-                       backend="numpy", gpu=False)
+    plan = _resolve(tiny_plate, tmp_path / "unused.zarr", model=tiny_model, channel=None,
+                    reference="refocused", backend="numpy", gpu=False)
     with dask.config.set(scheduler=refuse):
-        graph = well_graph(job, 0)
-    assert set(graph) >= {"refocused", "otf_radial", "psf", "defocus_um", "sharpness", "psnr"}
-    # The model travels as a path: no Keras object anywhere in the pickled graph.
-    import cloudpickle
-
-    payload = cloudpickle.dumps(dict(graph["refocused"].__dask_graph__()))
+        graph = dict(well_graph(plan, 0).__dask_graph__())
+        total, largest, tasks = plate_graph_size(plan)
+    # 2 fields x 3 depths: 6 plane tasks, 3 depth reductions, 1 writer per well.
+    assert len(graph) == 10 and tasks == 20
+    # The model travels as a path and pixels are read by the tasks: nothing heavy is pickled.
+    payload = cloudpickle.dumps(graph)
     assert b"keras.src" not in payload and b"tensorflow" not in payload
-    assert len(payload) < 200_000
+    assert largest == len(payload) < 20_000 and total < 2 * 20_000
+    assert not (tmp_path / "unused.zarr").exists()
 
 
 def test_dashboard_answers_while_running(tiny_plate, tiny_model, tmp_path):

@@ -1,0 +1,185 @@
+"""End-to-end throughput of `plate-refocus run` against a bare loop, memory, graph size.
+
+Prints one table:
+
+- planes/second of the whole pipeline (U-Net, PSF, metrics, zarr writes) on a
+  LocalCluster of 2 single-threaded worker processes, on a simulated plate;
+- planes/second of a bare loop calling the same U-Net, PSF and metric functions
+  in one process without Dask or zarr (pixels preloaded into memory, untimed);
+- their ratio (target: >= 1.3 on 2 cores);
+- peak RSS per worker for a 6-well and a 24-well plate (target: grows < 20 %);
+- the pickled size of the per-well graphs of a 384-well, 2-field, 34-plane plate,
+  built without computing anything (target: < 10 MB).
+
+Usage::
+
+    python benchmarks/bench_pipeline.py [--size 256] [--fields 2] [--model PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+_PEAK = {"rss": 0}
+
+
+def _start_sampler(dask_worker=None) -> int:
+    """Runs on each worker: sample this process's RSS every 50 ms, keep the peak."""
+    import psutil
+
+    process = psutil.Process()
+    _PEAK["rss"] = process.memory_info().rss
+
+    def sample() -> None:
+        while True:
+            _PEAK["rss"] = max(_PEAK["rss"], process.memory_info().rss)
+            time.sleep(0.05)
+
+    threading.Thread(target=sample, daemon=True).start()
+    return os.getpid()
+
+
+def _peak_rss(dask_worker=None) -> int:
+    return _PEAK["rss"]
+
+
+def _run_pipeline(plate: Path, out: Path, model: str | None, workers: int) -> tuple[float, int, list[int]]:
+    from distributed import Client, LocalCluster
+
+    from plate_refocus.pipeline import run_plate
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
+        client.run(_start_sampler)
+        # Warm-up: every worker imports TensorFlow and loads the model once (not timed).
+        warm = Path(str(out) + ".warm")
+        run_plate(plate, warm, client=client, model=model, wells=["A01"], overwrite=True)
+        shutil.rmtree(warm)
+        start = time.perf_counter()
+        summary = run_plate(plate, out, client=client, model=model, overwrite=True)
+        seconds = time.perf_counter() - start
+        peaks = list(client.run(_peak_rss).values())
+    return seconds, summary.planes, peaks
+
+
+def _bare_loop(plate: Path, model_path: str | None) -> tuple[float, int]:
+    """The same work, one process, no Dask, no zarr: the reference the pipeline must beat."""
+    from plate_refocus.metrics import psnr, sharpness, ssim
+    from plate_refocus.optics import Optics
+    from plate_refocus.plate import open_ground_truth, open_plate
+    from plate_refocus.psf import field_spectra, recover_psf
+    from plate_refocus.unet import load_model
+
+    da = open_plate(plate).isel(c=0)
+    pixels = np.asarray(da.values)  # (well, field, z, y, x), loaded before timing
+    truth = np.asarray(open_ground_truth(plate)["in_focus"].isel(c=0).values)
+    optics = Optics.from_dict(da.attrs["optics"])
+    offset = float(da.attrs["camera"]["offset"])
+    data_range = float(2 ** int(da.attrs["camera"].get("bit_depth", 12)) - 1)
+    model = load_model(model_path)
+    model.predict(pixels[0, 0, 0].astype(np.float32))  # warm-up
+    shape = pixels.shape[-2:]
+    start = time.perf_counter()
+    for w in range(pixels.shape[0]):
+        for z in range(pixels.shape[2]):
+            spectra = []
+            for f in range(pixels.shape[1]):
+                raw = pixels[w, f, z].astype(np.float32)
+                out = model.predict(raw)
+                spectra.append(field_spectra(out.astype(np.float64), raw.astype(np.float64),
+                                             reference_background=offset,
+                                             defocused_background=offset, backend="numpy"))
+                for image in (raw, out):
+                    sharpness(image)
+                    psnr(truth[w, f], image, data_range=data_range)
+                    ssim(truth[w, f], image, data_range=data_range)
+            recover_psf(sum(spectra), shape, optics, reference="in-focus")
+    seconds = time.perf_counter() - start
+    return seconds, pixels.shape[0] * pixels.shape[1] * pixels.shape[2]
+
+
+def _graph_size(tmp: Path, model: str | None) -> tuple[int, int, float]:
+    """Per-well graphs of a 384-well x 2-field x 34-plane plate, built and pickled, not run."""
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    from plate_refocus.pipeline import _resolve_job, plate_graph_size
+    from plate_refocus.plate import well_name, write_plate
+
+    plate = tmp / "p384.zarr"
+    wells = [well_name(r, c) for r in range(16) for c in range(24)]
+    # 32 x 32 planes keep the store small; a graph holds keys and shapes, no pixels.
+    images = da.zeros((384, 2, 1, 34, 32, 32), dtype=np.uint16, chunks=(1, 1, 1, 1, 32, 32))
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                      silence_logs=40) as cluster, Client(cluster):
+        write_plate(plate, images, wells, optics=__import__("plate_refocus").Optics(),
+                    z_um=[2.0 * (i - 16) for i in range(34)], channel_names=["w1"],
+                    plate_rows=16, plate_columns=24, focal_plane=16)
+    start = time.perf_counter()
+    job = _resolve_job(plate, model=model, channel=None, reference="refocused",
+                       backend="numpy", gpu=False)
+    size, tasks = plate_graph_size(job, tmp / "unused.zarr")
+    return size, tasks, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=256, help="field size in pixels")
+    parser.add_argument("--fields", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--model", default=None, help="model path (default: the shipped model)")
+    parser.add_argument("--skip-24", action="store_true", help="skip the 24-well memory run")
+    args = parser.parse_args()
+
+    from distributed import Client, LocalCluster
+
+    from plate_refocus.simulate import simulate_plate
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+    try:
+        plates = {}
+        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                          silence_logs=40) as cluster, Client(cluster) as client:
+            for wells, (rows, cols) in ((6, (2, 3)), (24, (4, 6))):
+                if wells == 24 and args.skip_24:
+                    continue
+                plates[wells] = simulate_plate(
+                    tmp / f"plate{wells}.zarr", rows=rows, columns=cols, fields=args.fields,
+                    size=(args.size, args.size), seed=1234, channels=("nuclei",), client=client)
+        t_pipe, planes, peaks6 = _run_pipeline(plates[6], tmp / "r6.zarr", args.model, args.workers)
+        t_bare, planes_bare = _bare_loop(plates[6], args.model)
+        peaks24 = None
+        if 24 in plates:
+            _, _, peaks24 = _run_pipeline(plates[24], tmp / "r24.zarr", args.model, args.workers)
+        g_bytes, g_tasks, g_seconds = _graph_size(tmp, args.model)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    rate_pipe, rate_bare = planes / t_pipe, planes_bare / t_bare
+    mib = 2**20
+    print(f"plate: 6 wells x {args.fields} fields x 11 depths, {args.size}x{args.size} px, "
+          f"1 channel; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'measure':<52}{'value':>14}")
+    print(f"{'pipeline, planes/s (' + str(args.workers) + ' workers x 1 thread)':<52}{rate_pipe:>14.2f}")
+    print(f"{'bare loop, planes/s (1 process, no Dask/zarr)':<52}{rate_bare:>14.2f}")
+    print(f"{'ratio pipeline / bare (target >= 1.3)':<52}{rate_pipe / rate_bare:>14.2f}")
+    print(f"{'peak RSS per worker, 6 wells (MiB)':<52}{max(peaks6) / mib:>14.0f}")
+    if peaks24:
+        growth = max(peaks24) / max(peaks6) - 1
+        print(f"{'peak RSS per worker, 24 wells (MiB)':<52}{max(peaks24) / mib:>14.0f}")
+        print(f"{'growth 6 -> 24 wells (target < 20 %)':<52}{100 * growth:>13.1f}%")
+    print(f"{'graph, 384 wells x 2 fields x 34 planes: tasks':<52}{g_tasks:>14d}")
+    print(f"{'graph, pickled MB (target < 10)':<52}{g_bytes / 1e6:>14.2f}")
+    print(f"{'graph, seconds to build and pickle':<52}{g_seconds:>14.1f}")
+
+
+if __name__ == "__main__":
+    main()
