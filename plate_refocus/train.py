@@ -202,7 +202,14 @@ def plate_training_pairs(
 
 
 class PatchSampler:
-    """Random training patches streamed from a plate, one plane read per patch.
+    """Random training patches streamed from a plate through a small buffer of fields.
+
+    Reading one field's stack (its channels and the chosen planes) costs one
+    Dask compute; a plane costs nearly as much, so the sampler keeps the last
+    ``buffer_fields`` fields in memory, loads a new random field every
+    ``draws_per_load`` patches (evicting the oldest), and draws each patch
+    from a random buffered field, channel and plane. Memory stays bounded
+    whatever the plate size.
 
     Parameters
     ----------
@@ -218,6 +225,8 @@ class PatchSampler:
     seed : int or numpy.random.SeedSequence
     augment : bool
         Random flips and rotations by multiples of 90 degrees.
+    buffer_fields : int
+    draws_per_load : int
     """
 
     def __init__(
@@ -231,7 +240,8 @@ class PatchSampler:
         percentiles: tuple[float, float] = (1.0, 99.8),
         seed: int | np.random.SeedSequence = 0,
         augment: bool = True,
-        cache_targets: int = 64,
+        buffer_fields: int = 24,
+        draws_per_load: int = 32,
     ):
         ny, nx = images.sizes["y"], images.sizes["x"]
         if patch > min(ny, nx):
@@ -244,47 +254,53 @@ class PatchSampler:
             raise ValueError("no planes to draw patches from")
         self.images = images
         self.targets = targets
-        self.wells = [str(w) for w in wells]
-        self._well_index = {str(w): i for i, w in enumerate(images.coords["well"].values)}
+        index = {str(w): i for i, w in enumerate(images.coords["well"].values)}
+        self.fields = [(index[str(w)], f) for w in wells for f in range(images.sizes["field"])]
         self.planes = [int(p) for p in planes]
         self.patch = int(patch)
         self.percentiles = percentiles
         self.augment = augment
         self.rng = np.random.default_rng(seed)
-        self._targets: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
-        self._cache_size = cache_targets
+        self.buffer_fields = int(buffer_fields)
+        self.draws_per_load = int(draws_per_load)
+        self._buffer: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
+        self._draws = 0
 
-    def _target(self, w: int, f: int, c: int) -> np.ndarray:
-        key = (w, f, c)
-        if key in self._targets:
-            self._targets.move_to_end(key)
-            return self._targets[key]
-        plane = np.asarray(self.targets.isel(well=w, field=f, c=c).values, dtype=np.float32)
-        self._targets[key] = plane
-        if len(self._targets) > self._cache_size:
-            self._targets.popitem(last=False)
-        return plane
+    def _load(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
+        if key in self._buffer:
+            return self._buffer[key]
+        w, f = key
+        stack = np.asarray(self.images.isel(well=w, field=f, z=self.planes).values)  # (c, z, y, x)
+        target = np.asarray(self.targets.isel(well=w, field=f).values, dtype=np.float32)  # (c, y, x)
+        ranges = np.array([[percentile_range(plane, self.percentiles) for plane in channel] for channel in stack])
+        entry = {"stack": stack, "target": target, "ranges": ranges}
+        self._buffer[key] = entry
+        while len(self._buffer) > self.buffer_fields:
+            self._buffer.popitem(last=False)
+        return entry
 
     def draw(self, plane: int | None = None) -> tuple[np.ndarray, np.ndarray, float, float, int]:
         """One patch pair ``(input (P, P), target (P, P), low, high, plane)``, normalised."""
         rng = self.rng
-        w = self._well_index[self.wells[rng.integers(len(self.wells))]]
-        f = int(rng.integers(self.images.sizes["field"]))
-        c = int(rng.integers(self.images.sizes["c"]))
-        z = self.planes[rng.integers(len(self.planes))] if plane is None else int(plane)
+        if not self._buffer or self._draws % self.draws_per_load == 0:
+            self._load(self.fields[rng.integers(len(self.fields))])
+        self._draws += 1
+        keys = list(self._buffer)
+        entry = self._buffer[keys[rng.integers(len(keys))]]
+        c = int(rng.integers(entry["stack"].shape[0]))
+        j = int(rng.integers(len(self.planes))) if plane is None else self.planes.index(int(plane))
         y0 = int(rng.integers(self.images.sizes["y"] - self.patch + 1))
         x0 = int(rng.integers(self.images.sizes["x"] - self.patch + 1))
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
-        source = np.asarray(self.images.isel(well=w, field=f, c=c, z=z).values)
-        lo, hi = percentile_range(source, self.percentiles)
+        lo, hi = (float(v) for v in entry["ranges"][c, j])
         window = (slice(y0, y0 + self.patch), slice(x0, x0 + self.patch))
-        x = normalize(source[window], lo, hi)
-        y = normalize(self._target(w, f, c)[window], lo, hi)
+        x = normalize(entry["stack"][c, j][window], lo, hi)
+        y = normalize(entry["target"][c][window], lo, hi)
         if self.augment:
             x, y = np.rot90(x, k), np.rot90(y, k)
             if flip:
                 x, y = x[:, ::-1], y[:, ::-1]
-        return np.ascontiguousarray(x), np.ascontiguousarray(y), lo, hi, z
+        return np.ascontiguousarray(x), np.ascontiguousarray(y), lo, hi, self.planes[j]
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``size`` pairs stacked as ``(size, P, P, 1)`` float32 arrays, and their input errors.

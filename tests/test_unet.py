@@ -35,7 +35,7 @@ from plate_refocus.unet import (
 
 keras = pytest.importorskip("keras")
 
-TINY = UNetConfig(depth=2, filters=4)
+TINY = UNetConfig(depth=2, filters=4, full_resolution="conv")
 TINY_PATCH = UNetConfig(depth=2, filters=4, full_resolution="patch")
 
 
@@ -68,9 +68,9 @@ def _image(shape, seed=0) -> np.ndarray:
 
 def test_config_margin_halo_divisor():
     # conv: levels 0..D-1 add 6 s each (2 convs + pool down, upconv + 2 convs up), bottom 2 * 2**D
-    assert UNetConfig(depth=4, filters=16).receptive_margin == 6 * (1 + 2 + 4 + 8) + 2 * 16
-    assert UNetConfig(depth=4).divisor == 16
-    assert UNetConfig(depth=4).halo == 128
+    report = UNetConfig(depth=4, filters=16, full_resolution="conv")
+    assert report.receptive_margin == 6 * (1 + 2 + 4 + 8) + 2 * 16
+    assert report.divisor == 16 and report.halo == 128
     assert TINY.receptive_margin == 6 * 3 + 8 and TINY.halo == 28
     # patch: 2x2 in/out (+2), then levels 1..D-1, bottom
     assert TINY_PATCH.receptive_margin == 2 + 6 * 2 + 8
@@ -82,11 +82,11 @@ def test_config_flops_count_matches_layers():
     x = np.zeros((1, size, size, 1), "float32")
     for config in (TINY, TINY_PATCH):
         model = build_unet(config)
+        convs = [la for la in model.layers if isinstance(la, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))]
+        outputs = keras.Model(model.input, [la.output for la in convs]).predict_on_batch(x)
         macs = 0
-        for layer in model.layers:
-            if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
-                continue
-            h, w = keras.Model(model.input, layer.output).predict_on_batch(x).shape[1:3]
+        for layer, output in zip(convs, outputs, strict=True):
+            h, w = output.shape[1:3]
             k = layer.kernel.shape  # (ky, kx, in, out) or (ky, kx, out, in) for transposed
             if isinstance(layer, keras.layers.Conv2DTranspose):
                 macs += h * w * k[2] * k[3]  # 2x2 stride 2: one tap per output pixel
@@ -137,7 +137,7 @@ def test_predict_batch_matches_predict(tiny):
 
 
 @pytest.mark.parametrize("fixture", ["tiny", "tiny_patch"])
-@pytest.mark.parametrize("tile", [4, 8, 20, 36])
+@pytest.mark.parametrize("tile", [8, 36])
 def test_tiled_equals_whole(request, fixture, tile):
     model = request.getfixturevalue(fixture)
     image = _image((150, 97), seed=3)  # not a multiple of the divisor, several tiles per axis
@@ -171,13 +171,20 @@ def test_receptive_margin_bounds_the_influence_of_a_pixel(config):
     assert reach >= config.receptive_margin - config.divisor
 
 
+def test_fresh_residual_network_is_the_identity():
+    """The correction layer starts at zero, so an untrained residual model returns its input."""
+    model = RefocusModel(build_unet(TINY_PATCH, seed=0), ModelInfo("id", TINY_PATCH, Optics(), (0.0,)))
+    image = _image((40, 36), seed=8)
+    np.testing.assert_allclose(model.predict(image), image.astype(np.float32), rtol=1e-5, atol=1e-3)
+
+
 def test_identity_network_returns_the_input_on_its_scale():
     """Residual model with a zero correction: normalise -> network -> denormalise is the identity."""
     model = _model(TINY)
     weights = model.keras_model.get_layer("out").get_weights()
     model.keras_model.get_layer("out").set_weights([np.zeros_like(w) for w in weights])
     image = _image((61, 77), seed=6)
-    out = model.predict(image, tile=16)
+    out = model.predict(image, tile=32)
     np.testing.assert_allclose(out, image.astype(np.float32), rtol=1e-5, atol=1e-3)
 
 
@@ -315,6 +322,7 @@ def test_importing_the_package_does_not_import_keras():
     assert result.stdout.strip() == "False"
 
 
+@pytest.mark.slow  # a fresh interpreter imports JAX and Keras: 10-60 s
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_jax_backend_runs_a_tensorflow_saved_model(tiny, tmp_path):
     path = save_model(tiny, tmp_path / "m.keras")
