@@ -223,9 +223,11 @@ def _radial_otf(freq: tuple[float, ...], z_um: float, optics: Optics, grid: int)
     # Sample the isotropic OTF from a large, finely sampled grid: half the pixel
     # size keeps the whole support inside Nyquist whatever the camera sampling.
     fine = dataclasses.replace(optics, pixel_size_um=min(optics.pixel_size_um, 0.25 / optics.cutoff))
-    otf = _otf((grid, grid), z_um, fine, False).real
+    # Uncached: the fine grid is large (16 MB per depth at 1024^2), and only the 1-D
+    # profile is kept. The OTF along fx is the 1-D transform of the PSF's projection on x.
+    psf = _psf_unshifted.__wrapped__((grid, grid), z_um, fine)
     axis_f = np.fft.fftfreq(grid, d=fine.pixel_size_um)[: grid // 2]
-    axis_v = otf[0, : grid // 2]
+    axis_v = np.fft.fft(psf.sum(axis=0)).real[: grid // 2]
     out = np.interp(np.asarray(freq), axis_f, axis_v, right=0.0)
     out.flags.writeable = False
     return out
