@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +18,8 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+import xarray as xr
+import zarr
 from distributed import as_completed
 
 from plate_refocus import cluster
@@ -90,24 +93,8 @@ def slurm_options(tmp_path, job_name):
     }
 
 
-def test_two_worker_jobs_compute_and_are_gone_after(slurm_options, job_name):
-    with cluster.start_client("slurm", **slurm_options) as client:
-        assert client.scheduler.address.startswith("tls://")
-        client.wait_for_workers(2, timeout=60)
-        jobs = _squeue(job_name)
-        assert len(jobs) == 2 and set(jobs.values()) == {"RUNNING"}, jobs
-
-        ran_on = da.zeros((16, 2), chunks=(1, 2), dtype=int).map_blocks(_slurm_job_id, dtype=int)
-        total = da.ones((16, 2), chunks=(1, 2)).sum()
-        ids, total = client.compute([ran_on[:, 0], total], sync=True)
-        assert total == 32
-        # Every task ran inside one of our two batch jobs, and both jobs did work.
-        assert set(map(str, ids)) == set(jobs)
-
-    _wait_for(lambda: not _squeue(job_name), 30, f"jobs {sorted(jobs)} to leave squeue")
-
-
-def test_computation_survives_a_cancelled_worker_job(slurm_options, job_name):
+def test_cancelled_worker_job_is_replaced_and_the_computation_completes(slurm_options,
+                                                                          job_name):
     # Notice lost workers quickly (the default waits 15 s before replacing a job).
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "2s"}):
         with cluster.start_client("slurm", **slurm_options) as client:
@@ -136,4 +123,119 @@ def test_computation_survives_a_cancelled_worker_job(slurm_options, job_name):
             # were recomputed elsewhere).
             assert set(map(str, results)) <= first_jobs | replaced
 
+    _wait_for(lambda: not _squeue(job_name), 30, "the worker jobs to leave squeue")
+
+
+# --- plate-refocus run --cluster slurm, end to end ---------------------------------------------
+
+_VARIABLES = ("refocused", "otf_radial", "psf", "defocus_um", "sharpness", "psnr", "ssim")
+
+
+@pytest.fixture(scope="module")
+def plate_and_local_results(tmp_path_factory, client):
+    """A 4-well plate (1 field, 3 depths, 64 px), a tiny U-Net, and their local-cluster results."""
+    pytest.importorskip("plate_refocus.pipeline", reason="plate_refocus.pipeline not there yet")
+    from plate_refocus.optics import Optics
+    from plate_refocus.pipeline import run_plate
+    from plate_refocus.simulate import simulate_plate
+    from plate_refocus.unet import ModelInfo, RefocusModel, UNetConfig, build_unet, save_model
+
+    folder = tmp_path_factory.mktemp("slurm-e2e")
+    config = UNetConfig(depth=2, filters=4)
+    info = ModelInfo(name="tiny-slurm", config=config, optics=Optics(),
+                     depths_um=(0.0, 4.0, 10.0))
+    model = folder / "tiny.keras"
+    save_model(RefocusModel(build_unet(config, seed=0), info), model)
+    plate = simulate_plate(folder / "plate.zarr", rows=1, columns=4, fields=1,
+                           depths_um=(0, 4, 10), size=(64, 64), seed=5, channels=("nuclei",),
+                           client=client)
+    local = folder / "local.zarr"
+    run_plate(plate, local, client=client, model=model, command_line="local")
+    return plate, model, local
+
+
+def _run_on_slurm(plate, model, out, tmp_path, job_name) -> tuple[subprocess.Popen, Path]:
+    """Start `plate-refocus run --cluster slurm` with two one-core worker jobs."""
+    env = dict(os.environ,
+               DASK_JOBQUEUE__SLURM__NAME=job_name,
+               DASK_JOBQUEUE__SLURM__LOG_DIRECTORY=str(tmp_path / "logs"),
+               DASK_JOBQUEUE__SLURM__SHARED_TEMP_DIRECTORY=str(tmp_path),
+               DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT="2s")
+    log = tmp_path / "run.log"
+    with open(log, "w") as stream:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "plate_refocus.cli", "run", str(plate), str(out),
+             "--model", str(model), "--cluster", "slurm", "--jobs", "2", "--cores", "1",
+             "--memory", "3GB", "--walltime", "00:10:00", "--interface", "lo"],
+            stdout=stream, stderr=subprocess.STDOUT, env=env, text=True,
+        )
+    return proc, log
+
+
+def _assert_same_results(out: Path, local: Path) -> None:
+    a, b = xr.open_zarr(out), xr.open_zarr(local)
+    assert a.sizes == b.sizes and a.attrs["model_name"] == b.attrs["model_name"]
+    for name in _VARIABLES:
+        # The defocus fit is an optimiser with its own tolerance.
+        atol = 1e-6 if name == "defocus_um" else 1e-9
+        np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-6, atol=atol,
+                                   err_msg=name)
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = 150) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    return text
+
+
+def test_run_on_slurm_equals_a_local_run(plate_and_local_results, tmp_path, job_name):
+    plate, model, local = plate_and_local_results
+    out = tmp_path / "slurm.zarr"
+    proc, log = _run_on_slurm(plate, model, out, tmp_path, job_name)
+    seen: dict[str, str] = {}
+    while proc.poll() is None:  # watch the worker jobs while the run goes
+        jobs = _squeue(job_name)
+        seen.update(jobs)
+        if sum(state == "RUNNING" for state in jobs.values()) == 2:
+            break
+        time.sleep(0.5)
+    text = _finish(proc, log)
+    assert len(seen) == 2, f"expected two worker jobs in squeue, saw {seen}"
+    assert "dashboard: http://" in text
+    assert "done: 4 wells computed of 4" in text
+    _assert_same_results(out, local)
+    _wait_for(lambda: not _squeue(job_name), 30, f"jobs {sorted(seen)} to leave squeue")
+
+
+def test_run_on_slurm_survives_a_cancelled_worker_job(plate_and_local_results, tmp_path,
+                                                      job_name):
+    plate, model, local = plate_and_local_results
+    out = tmp_path / "slurm.zarr"
+    proc, log = _run_on_slurm(plate, model, out, tmp_path, job_name)
+
+    def first_well_done():
+        if proc.poll() is not None:
+            return True  # finished (or failed) before we could cancel: _finish tells
+        try:
+            done = zarr.open_group(str(out), mode="r")["well_done"][:]
+        except Exception:  # not created yet, or mid-creation
+            return False
+        return bool(np.asarray(done).any())
+
+    _wait_for(first_well_done, 120, "the first well to be written")
+    jobs = _squeue(job_name)
+    assert proc.poll() is None and len(jobs) == 2, "the run ended before a job could be cancelled"
+    victim = sorted(jobs)[0]
+    subprocess.run(["scancel", victim], check=True, timeout=10)
+    done_at_cancel = int(np.asarray(zarr.open_group(str(out), mode="r")["well_done"][:]).sum())
+
+    text = _finish(proc, log)
+    assert done_at_cancel < 4, "all wells were done before the cancel: nothing was tested"
+    assert "done: 4 wells computed of 4" in text
+    _assert_same_results(out, local)
     _wait_for(lambda: not _squeue(job_name), 30, "the worker jobs to leave squeue")
