@@ -152,14 +152,21 @@ def _quality(defocused: np.ndarray, refocused: np.ndarray, truth: np.ndarray | N
     return out
 
 
-def plane_task(job: _Job, well: int, field: int, z: int) -> tuple[Any, np.ndarray]:
+def plane_task(
+    job: _Job, well: int, field: int, z: int, missing: bool = False
+) -> tuple[Any, np.ndarray] | None:
     """Refocus one plane, write it, and return its Fourier partial sums and quality.
 
     The refocused plane goes straight into its own chunk of the results store;
     only the spectra (for the well's reduction over fields) and six numbers
-    travel on.
+    travel on. A plane the plate marks missing (e.g. a TIFF absent at ingest)
+    is written as NaN and left out of the well's PSF.
     """
     from .psf import field_spectra
+
+    if missing or (job.reference == "focal-plane" and job.focal_missing(well, field)):
+        _zarr_array(job.out, "refocused", "r+")[well, field, z] = np.nan
+        return None
 
     raw = _read_plane(job, well, field, z).astype(np.float32)
     refocused = refocus_plane(raw, job.model_path)
@@ -184,19 +191,42 @@ def plane_task(job: _Job, well: int, field: int, z: int) -> tuple[Any, np.ndarra
     return spectra, _quality(raw, refocused, truth, job.data_range)
 
 
-def depth_task(job: _Job, well: int, z: int, *planes: tuple[Any, np.ndarray]) -> dict[str, Any]:
-    """The PSF of one well at one depth: sum the fields' spectra, recover, fit."""
+def depth_task(
+    job: _Job, well: int, z: int, *planes: tuple[Any, np.ndarray] | None
+) -> dict[str, Any]:
+    """The PSF of one well at one depth: sum the fields' spectra, recover, fit.
+
+    Missing planes (``None``) are left out; a depth with no plane at all gets NaN.
+    """
     from .psf import recover_psf
 
-    spectra = sum(p[0] for p in planes)
+    present = [p for p in planes if p is not None]
+    quality = np.stack([np.full((2, 3), np.nan) if p is None else p[1] for p in planes])
+    if not present:
+        n_freq = radial_frequencies_size(job)
+        return {
+            "otf_radial": np.full(n_freq, np.nan),
+            "psf": np.full((PSF_SIZE, PSF_SIZE), np.nan),
+            "defocus_um": np.nan,
+            "defocus_err_um": np.nan,
+            "quality": quality,
+        }
+    spectra = sum(p[0] for p in present)
     est = recover_psf(spectra, job.shape, job.optics, reference="in-focus", psf_size=PSF_SIZE)
     return {
         "otf_radial": np.asarray(est.otf_radial, dtype=np.float64),
         "psf": np.asarray(est.psf, dtype=np.float64),
         "defocus_um": float(est.defocus_um),
         "defocus_err_um": float(est.defocus_err_um),
-        "quality": np.stack([p[1] for p in planes]),  # (F, 2, 3)
+        "quality": quality,  # (F, 2, 3)
     }
+
+
+def radial_frequencies_size(job: _Job) -> int:
+    """Length of the ``freq`` axis for this job's field shape."""
+    from .psf import radial_frequencies
+
+    return int(np.asarray(radial_frequencies(job.shape, job.optics.pixel_size_um)).size)
 
 
 def well_task(job: _Job, well: int, *depths: dict[str, Any]) -> int:
@@ -244,6 +274,10 @@ class _Job:
     shape: tuple[int, int]
     n_fields: int
     n_z: int
+    missing_focal: frozenset[tuple[int, int]] = frozenset()  # (well, field) without a focal plane
+
+    def focal_missing(self, well: int, field: int) -> bool:
+        return (well, field) in self.missing_focal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +289,7 @@ class _Plan:
     freq: np.ndarray
     model_info: dict[str, Any]
     gpu: bool
+    missing: np.ndarray  # (well, field, z) bool: planes the plate marks missing
 
 
 def _channel_index(channel: str | int | None, channels: list[str]) -> int:
@@ -309,6 +344,13 @@ def _resolve(
     # and a model trained for other optics warns with both sets of numbers.
     model_info = _check_model(model_path, optics)
     shape = (plate.sizes["y"], plate.sizes["x"])
+    from .ingest import missing_planes
+
+    missing = np.asarray(missing_planes(plate).isel(c=ci).values, dtype=bool)
+    missing_focal = frozenset()
+    if focal_plane is not None:
+        w_idx, f_idx = np.nonzero(missing[:, :, int(focal_plane)])
+        missing_focal = frozenset(zip(w_idx.tolist(), f_idx.tolist(), strict=True))
     job = _Job(
         plate_path=str(plate_path),
         field_arrays=tuple(tuple(paths) for paths in plate.attrs["field_arrays"]),
@@ -326,6 +368,7 @@ def _resolve(
         shape=shape,
         n_fields=plate.sizes["field"],
         n_z=plate.sizes["z"],
+        missing_focal=missing_focal,
     )
     return _Plan(
         job=job,
@@ -333,6 +376,7 @@ def _resolve(
         freq=np.asarray(radial_frequencies(shape, optics.pixel_size_um)),
         model_info=model_info,
         gpu=gpu,
+        missing=missing,
     )
 
 
@@ -358,7 +402,8 @@ def well_graph(plan: _Plan, well: int) -> Delayed:
         with gpu_tasks(plan.gpu):
             planes = [
                 dask.delayed(plane_task, pure=False)(
-                    job, well, f, z, dask_key_name=f"plane-{tag}-{f}-{z}")
+                    job, well, f, z, bool(plan.missing[well, f, z]),
+                    dask_key_name=f"plane-{tag}-{f}-{z}")
                 for f in range(job.n_fields)
             ]
         depths.append(dask.delayed(depth_task, pure=False)(

@@ -218,3 +218,43 @@ def test_killed_run_resumes_only_unfinished_wells(tiny_model, client, tmp_path):
     for name in ("refocused", "otf_radial", "psf", "defocus_um", "sharpness", "psnr", "ssim"):
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-6, atol=1e-9,
                                    err_msg=name)
+
+
+def test_focal_plane_reference_uses_the_stacks_own_in_focus_plane(tiny_plate, tiny_model, client,
+                                                                   tmp_path):
+    from plate_refocus.pipeline import run_plate
+    from plate_refocus.plate import open_plate
+
+    assert open_plate(tiny_plate).attrs["focal_plane"] == 0
+    out = tmp_path / "r.zarr"
+    run_plate(tiny_plate, out, client=client, model=tiny_model, reference="focal-plane",
+              channel="nuclei")
+    ds = xr.open_zarr(out)
+    assert ds.attrs["reference"] == "focal-plane"
+    # At the focal plane the reference is the image itself: the relative OTF is 1 in the passband.
+    otf0 = ds["otf_radial"].isel(z=0).values
+    inside = ds["freq"].values < 0.5 * Optics().cutoff
+    np.testing.assert_allclose(otf0[:, inside], 1.0, atol=1e-6)
+    assert np.all(ds["defocus_um"].isel(z=0).values < 0.5)
+
+
+def test_missing_planes_of_an_ingested_plate_are_nan_and_left_out(tiny_model, client, tmp_path):
+    import warnings
+
+    from plate_refocus.ingest import ingest
+    from plate_refocus.pipeline import run_plate
+    from tests.test_ingest import write_bbbc006_like
+
+    write_bbbc006_like(tmp_path / "src", wells=("a01",), sites=(1, 2), channels=(1,),
+                       planes=(0, 1, 2), shape=(48, 64), skip={("a01", 2, 1, 1)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plate = ingest(tmp_path / "src", tmp_path / "plate.zarr", focal_plane=0, client=client)
+    out = tmp_path / "r.zarr"
+    run_plate(plate, out, client=client, model=tiny_model)
+    ds = xr.open_zarr(out)
+    refocused = ds["refocused"].isel(well=0).values  # (field, z, y, x)
+    assert np.isnan(refocused[1, 1]).all()
+    assert np.isfinite(np.delete(refocused.reshape(6, -1), 1 * 3 + 1, axis=0)).all()
+    assert np.isnan(ds["sharpness"].isel(well=0, field=1, z=1).values).all()
+    assert np.isfinite(ds["otf_radial"].values).all()  # the other field still gives a PSF
