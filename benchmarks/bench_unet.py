@@ -105,6 +105,10 @@ def main() -> None:
             mps = args.batch * ny * nx / seconds / 1e6
             gflops = run_pixels * flops / seconds / 1e9
             print(f"| {nx}x{ny} | {what} | {mps:.2f} | {flops / 1e3:.1f} | {gflops:.1f} | {100 * gflops / best:.0f}% |")
+    after = matmul_ceiling(args.repeats)
+    print()
+    print("float32 matmul again after the runs (load on a shared machine varies): "
+          + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in after.items()))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ layer to one channel. Two changes, both options of :class:`UNetConfig`:
 * ``full_resolution="patch"``: the full-resolution level is a single 2x2
   stride-2 convolution in and a 2x2 stride-2 transposed convolution out (a
   learned space-to-depth and back) instead of two 3x3 convolutions at full
-  resolution, which is most of the cost of a U-Net. Fluorescence images at
-  the report's sampling carry no signal above half the Nyquist frequency of
-  the camera ... nearly (cutoff 0.96 vs Nyquist 1.67 cycles/um), so little is
-  lost.
+  resolution, which are most of the cost of a U-Net. At the report's
+  sampling the optical cutoff (0.96 cycles/um) is well below the camera's
+  Nyquist frequency (1.67 cycles/um), and a 2x2 space-to-depth with at least
+  four channels loses no information, so the 3x3 convolutions can all run
+  at half resolution or below.
 
 Only Keras layers that safe-mode loading accepts are used and no backend
 call appears in the model, so a model file runs under the TensorFlow, JAX or
