@@ -1,0 +1,118 @@
+"""Throughput of the pooled PSF estimate on 696 x 520 fields.
+
+Prints fields/second for
+
+* ``rfft2 limit``: two bare ``scipy.fft.rfft2`` calls per field on the same
+  data (the FFT-only limit the pooled estimate is measured against),
+* ``pooled (per field)``: ``field_spectra`` called once per field and summed
+  (as the Dask reduction does), plus one ``recover_psf`` at the end,
+* ``pooled (stack)``: one ``field_spectra`` call on the whole (F, Y, X) stack,
+* ``naive loop``: per field a full complex ``fft2`` pair and the division
+  ``conj(F) G / (|F|^2 + mu)``, averaged over fields, no pooling of sums,
+
+all with the same number of ``scipy.fft`` worker threads, best of a few
+repeats (the machine may be shared). Run::
+
+    .venv/bin/python benchmarks/bench_psf.py [--fields 16] [--workers 1] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import scipy.fft
+
+from plate_refocus.optics import Optics
+from plate_refocus.psf import field_spectra, recover_psf
+
+
+def make_fields(n: int, shape: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-like uint16 pairs: a smooth random scene with Poisson noise and an offset."""
+    rng = np.random.default_rng(seed)
+    spec = scipy.fft.rfft2(rng.normal(size=(n, *shape)), axes=(-2, -1))
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    scene = scipy.fft.irfft2(spec * np.exp(-(fy**2 + fx**2) / 0.01), s=shape, axes=(-2, -1))
+    scene = 300 * (scene - scene.min()) / np.ptp(scene)
+    sharp = (rng.poisson(scene) + 100).astype(np.uint16)
+    blurred = (rng.poisson(scipy.ndimage.uniform_filter(scene, size=(1, 9, 9))) + 100).astype(np.uint16)
+    return sharp, blurred
+
+
+def best_rate(func, fields: int, repeats: int) -> float:
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        best = min(best, time.perf_counter() - start)
+    return fields / best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fields", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="scipy.fft threads (1: as in a Dask task)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--height", type=int, default=520)
+    parser.add_argument("--width", type=int, default=696)
+    args = parser.parse_args(argv)
+    shape = (args.height, args.width)
+    sharp, blurred = make_fields(args.fields, shape)
+    optics = Optics()
+    workers = args.workers
+
+    def fft_limit():
+        for f, g in zip(sharp, blurred, strict=False):
+            scipy.fft.rfft2(f, workers=workers)
+            scipy.fft.rfft2(g, workers=workers)
+
+    def pooled_per_field():
+        total = sum(
+            field_spectra(f, g, reference_background=100.0, defocused_background=100.0,
+                          backend="numpy", workers=workers)
+            for f, g in zip(sharp, blurred, strict=False)
+        )
+        recover_psf(total, shape, optics)
+
+    def pooled_stack():
+        total = field_spectra(sharp, blurred, reference_background=100.0, defocused_background=100.0,
+                              backend="numpy", workers=workers)
+        recover_psf(total, shape, optics)
+
+    def naive():
+        mean = np.zeros(shape, complex)
+        for f, g in zip(sharp, blurred, strict=False):
+            fh = scipy.fft.fft2(f.astype(np.float64) - 100.0, workers=workers)
+            gh = scipy.fft.fft2(g.astype(np.float64) - 100.0, workers=workers)
+            power = np.abs(fh) ** 2
+            mean += np.conj(fh) * gh / (power + 1e-3 * np.median(power))
+        return mean / len(sharp)
+
+    # the end-of-well recover_psf (projection + fit) once, untimed, so its caches are warm
+    pooled_stack()
+    start = time.perf_counter()
+    recover_psf(field_spectra(sharp[:1], blurred[:1], backend="numpy"), shape, optics)
+    recover_s = time.perf_counter() - start
+
+    rates = {
+        "rfft2 limit (2 per field)": best_rate(fft_limit, args.fields, args.repeats),
+        "pooled (per field + sum)": best_rate(pooled_per_field, args.fields, args.repeats),
+        "pooled (stack)": best_rate(pooled_stack, args.fields, args.repeats),
+        "naive loop (fft2 pair + divide)": best_rate(naive, args.fields, args.repeats),
+    }
+    limit = rates["rfft2 limit (2 per field)"]
+    print(f"PSF throughput, {args.fields} fields of {shape[1]}x{shape[0]} (X x Y), "
+          f"scipy.fft workers={workers}, best of {args.repeats}")
+    print(f"{'method':34s} {'fields/s':>9s} {'/ limit':>8s}")
+    for name, rate in rates.items():
+        print(f"{name:34s} {rate:9.1f} {rate / limit:8.2f}")
+    print(f"(the pooled rates include one recover_psf per well: {recover_s * 1e3:.0f} ms with warm caches)")
+    return 0
+
+
+if __name__ == "__main__":
+    import scipy.ndimage  # noqa: F401  (used by make_fields)
+
+    raise SystemExit(main())
