@@ -32,7 +32,7 @@ import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -353,16 +353,76 @@ def write_plate(
         ``path`` exists and ``overwrite`` is false.
     """
     import dask.array as da
-    import zarr
+
+    images = _as_dask(images, "images")
+    if images.ndim != 6:
+        raise ValueError(f"images must be 6-D (well, field, c, z, y, x), got shape {images.shape!r}")
+    n_wells, n_fields = images.shape[:2]
+    gt = _ground_truth_arrays(ground_truth, images.shape)
+    plan = _create_plate(
+        path, images.shape, images.dtype, wells, optics=optics, z_um=z_um, channel_names=channel_names,
+        plate_rows=plate_rows, plate_columns=plate_columns, focal_plane=focal_plane, camera=camera,
+        ngff_version=ngff_version, ground_truth={k: v.shape for k, v in gt.items()} if gt else None,
+        extra_attrs=extra_attrs, overwrite=overwrite,
+    )
+    path = plan.path
+    sources, targets = [], []
+    for w in range(n_wells):
+        for f in range(n_fields):
+            sources.append(images[w, f])
+            targets.append(plan.fields[w][f])
+    for key, target in plan.ground_truth.items():
+        data = gt[key]
+        data = data if isinstance(data, da.Array) else da.from_array(np.asarray(data))
+        sources.append(data.astype(target.dtype))
+        targets.append(target)
+
+    log.info("writing %d fields of %d wells to %s", n_wells * n_fields, n_wells, path)
+    try:
+        stored = da.store(sources, targets, lock=False, compute=False)
+        _compute(stored, client=client, progress=progress)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # never leave a half-written plate behind
+        raise
+    return path
+
+
+class _PlateTargets(NamedTuple):
+    path: Path
+    fields: list[list[Any]]  # [well][field] -> zarr array (c, z, y, x)
+    ground_truth: dict[str, Any]  # object, in_focus, otf_radial, freq -> zarr array
+
+
+def _create_plate(
+    path: str | Path,
+    shape: tuple[int, ...],
+    dtype: Any,
+    wells: Sequence[str],
+    *,
+    optics: Optics,
+    z_um: Sequence[float],
+    channel_names: Sequence[str],
+    plate_rows: int | Sequence[str],
+    plate_columns: int | Sequence[str],
+    focal_plane: int | None,
+    camera: Any,
+    ngff_version: str,
+    ground_truth: Mapping[str, tuple[int, ...]] | None,
+    extra_attrs: Mapping[str, Any] | None,
+    overwrite: bool,
+) -> _PlateTargets:
+    """Check the layout and create every group and (empty) array of a plate.
+
+    ``shape`` is (well, field, c, z, y, x); ``ground_truth`` maps object, in_focus,
+    otf_radial and freq to their shapes. Nothing is written into the arrays.
+    """
 
     if ngff_version not in ("0.5", "0.4"):
         raise ValueError(f"ngff_version must be '0.5' (zarr v3) or '0.4' (zarr v2), got {ngff_version!r}")
     if not isinstance(optics, Optics):
         raise TypeError(f"optics must be an Optics, got {optics!r}")
-    images = _as_dask(images, "images")
-    if images.ndim != 6:
-        raise ValueError(f"images must be 6-D (well, field, c, z, y, x), got shape {images.shape!r}")
-    n_wells, n_fields, n_c, n_z, ny, nx = images.shape
+    n_wells, n_fields, n_c, n_z, ny, nx = shape
+    dtype = np.dtype(dtype)
     wells = list(wells) if not isinstance(wells, str) else [wells]
     if len(wells) != n_wells:
         raise ValueError(f"{len(wells)} well names for {n_wells} wells in images; give one name per well")
@@ -385,15 +445,30 @@ def write_plate(
                 f"well {well!r} is outside a plate of {len(rows)} rows x {len(columns)} columns; "
                 f"pass larger plate_rows/plate_columns (e.g. 16 x 24 for 384 wells)"
             )
-    gt = _ground_truth_arrays(ground_truth, images.shape)
+    if not np.issubdtype(dtype, np.number):
+        raise TypeError(f"images must be numeric, got {dtype}")
+    gt = ground_truth or {}
     path = _prepare_output(path, overwrite)
+    try:
+        return _create_groups_and_arrays(
+            path, shape, dtype, wells, positions, rows, columns, optics=optics, z_um=z_um,
+            channel_names=channel_names, focal_plane=focal_plane, camera=camera,
+            ngff_version=ngff_version, gt=gt, extra_attrs=extra_attrs,
+        )
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
 
+
+def _create_groups_and_arrays(path, shape, dtype, wells, positions, rows, columns, *, optics, z_um,
+                              channel_names, focal_plane, camera, ngff_version, gt, extra_attrs):
+    import zarr
+
+    n_wells, n_fields, n_c, n_z, ny, nx = shape
     fmt = 3 if ngff_version == "0.5" else 2
     z_step = _z_step(z_um)
-    if ngff_version == "0.4" and not np.issubdtype(images.dtype, np.number):
-        raise TypeError(f"images must be numeric, got {images.dtype}")
     max_value = camera.max_value if camera is not None else (
-        np.iinfo(images.dtype).max if np.issubdtype(images.dtype, np.integer) else 1.0)
+        np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0)
 
     store = zarr.storage.LocalStore(path)
     plate_meta: dict[str, Any] = {
@@ -428,24 +503,25 @@ def write_plate(
         array_kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
     else:
         array_kwargs["dimension_names"] = ["c", "z", "y", "x"]
-    sources, targets = [], []
+    fields: list[list[Any]] = []
     for w, (well, (r, c)) in enumerate(zip(wells, positions, strict=True)):
         row_group = root.require_group(rows[r])
         well_attrs = {"images": [{"path": str(f), "acquisition": 0} for f in range(n_fields)]}
         if ngff_version == "0.4":
             well_attrs["version"] = "0.4"
         well_group = row_group.create_group(str(c), attributes=_wrap({"well": well_attrs}, ngff_version))
+        fields.append([])
         for f in range(n_fields):
             attrs = {"multiscales": _multiscales(f"{well} field {f}", optics.pixel_size_um, z_step, ngff_version),
                      "omero": _omero(channel_names, max_value)}
             field_group = well_group.create_group(str(f), attributes=_wrap(attrs, ngff_version))
             target = field_group.create_array(
-                "0", shape=(n_c, n_z, ny, nx), chunks=(1, 1, ny, nx), dtype=images.dtype,
+                "0", shape=(n_c, n_z, ny, nx), chunks=(1, 1, ny, nx), dtype=dtype,
                 fill_value=0, **array_kwargs,
             )
-            sources.append(images[w, f])
-            targets.append(target)
+            fields[w].append(target)
 
+    gt_targets: dict[str, Any] = {}
     if gt:
         gt_group = root.create_group(GROUND_TRUTH, attributes={
             "description": "simulation ground truth: object and in-focus image per field, true OTF per depth",
@@ -457,30 +533,16 @@ def write_plate(
             ("otf_radial", ["z", "freq"], None),
             ("freq", ["freq"], None),
         ):
-            data = gt[key]
-            dtype = np.float64 if key in ("otf_radial", "freq") else np.float32
+            gt_dtype = np.float64 if key in ("otf_radial", "freq") else np.float32
             kwargs = dict(array_kwargs)
             kwargs.pop("dimension_names", None)
             if fmt == 3:
                 kwargs["dimension_names"] = dims
-            target = gt_group.create_array(
-                key, shape=tuple(data.shape), chunks=chunks or tuple(data.shape), dtype=dtype,
+            gt_targets[key] = gt_group.create_array(
+                key, shape=tuple(gt[key]), chunks=chunks or tuple(gt[key]), dtype=gt_dtype,
                 fill_value=0, attributes={"_ARRAY_DIMENSIONS": dims} if fmt == 2 else None, **kwargs,
             )
-            if isinstance(data, da.Array):
-                sources.append(data.astype(dtype))
-                targets.append(target)
-            else:
-                target[...] = np.asarray(data, dtype=dtype)
-
-    log.info("writing %d fields of %d wells to %s", n_wells * n_fields, n_wells, path)
-    try:
-        stored = da.store(sources, targets, lock=False, compute=False)
-        _compute(stored, client=client, progress=progress)
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)  # never leave a half-written plate behind
-        raise
-    return path
+    return _PlateTargets(path, fields, gt_targets)
 
 
 def _compute(collection: Any, *, client: Any = None, progress: bool = False) -> None:

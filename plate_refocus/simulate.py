@@ -25,6 +25,8 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -605,13 +607,19 @@ def worker_malloc_config() -> dict[str, Any]:
     return {"distributed.nanny.pre-spawn-environ": {**current, **WORKER_MALLOC_ENV}}
 
 
-def _field_task(shape, depths, seed_key, optics, camera, channels) -> SimulatedField:
-    return simulate_field(shape, depths, seed=np.random.SeedSequence(list(seed_key)),
-                          optics=optics, camera=camera, channels=channels)
+def _simulate_and_write(images, objects, in_focus, w, f, shape, depths, seed_key, optics, camera,
+                        channels) -> None:
+    """One task of :func:`simulate_plate`: simulate a field and write it and its ground truth
+    into the zarr arrays ``images`` (c, z, y, x) and ``objects``/``in_focus`` at ``[w, f]``."""
+    field = simulate_field(shape, depths, seed=np.random.SeedSequence(list(seed_key)),
+                           optics=optics, camera=camera, channels=channels)
+    images[...] = field.images
+    objects[w, f] = field.object
+    in_focus[w, f] = field.in_focus
 
 
-def _get(field: SimulatedField, name: str) -> np.ndarray:
-    return getattr(field, name)[None, None]
+def _write_otf(target, depths, freq, optics) -> None:
+    target[...] = true_otf_radial(depths, freq, optics)
 
 
 def simulate_plate(
@@ -635,10 +643,12 @@ def simulate_plate(
 ) -> Path:
     """Simulate a plate and write it as an OME-Zarr HCS plate with its ground truth.
 
-    The plate is one Dask graph: a task per field (:func:`simulate_field`),
-    whose images and ground truth are written straight into the zarr arrays
-    by :func:`plate_refocus.plate.write_plate`, so the wells are simulated and
-    written in parallel and each worker holds only the fields it is working on.
+    The groups and empty arrays of the plate are created first (as
+    :func:`plate_refocus.plate.write_plate` does); then the plate is one Dask
+    graph of one task per field, which runs :func:`simulate_field` and writes
+    the field's planes and ground truth straight into the zarr arrays, so the
+    wells are simulated and written in parallel, nothing but completion comes
+    back to the client, and a worker holds one field at a time.
 
     Parameters
     ----------
@@ -681,9 +691,8 @@ def simulate_plate(
         ``out``.
     """
     import dask
-    import dask.array as da
 
-    from .plate import _check_plate_format, _prepare_output, _wells_for, parse_well, write_plate
+    from .plate import _check_plate_format, _compute, _create_plate, _wells_for, parse_well
 
     for name, value in (("rows", rows), ("columns", columns), ("fields", fields)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
@@ -703,57 +712,53 @@ def simulate_plate(
         raise TypeError(f"optics must be an Optics, got {optics!r}")
     if not isinstance(camera, Camera):
         raise TypeError(f"camera must be a Camera, got {camera!r}")
-    _prepare_output(out, overwrite)  # fail before starting a cluster
     n_c, n_z = len(channels), len(depths)
-
-    images, objects, in_focus = [], [], []
-    for well in wells:
+    freq = radial_frequencies_for(shape, optics.pixel_size_um)
+    focal = [j for j, z in enumerate(depths) if z == 0]
+    targets = _create_plate(
+        out, (len(wells), fields, n_c, n_z, *shape), np.uint16, wells, optics=optics, z_um=depths,
+        channel_names=channels, plate_rows=n_rows, plate_columns=n_columns,
+        focal_plane=focal[0] if focal else None, camera=camera, ngff_version=ngff_version,
+        ground_truth={"object": (len(wells), fields, n_c, *shape), "in_focus": (len(wells), fields, n_c, *shape),
+                      "otf_radial": (n_z, freq.size), "freq": (freq.size,)},
+        extra_attrs={"simulation": {
+            "seed": int(seed), "size": list(shape), "plate_format": plate_format,
+            "seeding": "SeedSequence([seed, row * plate_columns + column - 1, field])"}},
+        overwrite=overwrite,
+    )
+    targets.ground_truth["freq"][...] = freq
+    # One task per field, which simulates it and writes its planes and ground truth
+    # straight into the zarr arrays: nothing but "done" travels back, so a worker holds one
+    # field at a time whatever the size of the plate. The true OTFs (seconds of FFTs on a
+    # fine grid) are one more task, run on a worker alongside the fields.
+    run = uuid.uuid4().hex[:8]
+    gt = targets.ground_truth
+    tasks = [dask.delayed(_write_otf, pure=False)(gt["otf_radial"], depths, freq, optics,
+                                                 dask_key_name=f"true-otf-{run}")]
+    for w, well in enumerate(wells):
         r, c = parse_well(well)
         well_index = r * n_columns + (c - 1)
-        per_field = {"images": [], "object": [], "in_focus": []}
         for f in range(fields):
-            field = dask.delayed(_field_task, pure=True)(
-                shape, depths, (int(seed), well_index, f), optics, camera, channels,
-                dask_key_name=f"simulate_field-{well}-{f}-{dask.base.tokenize(out, seed, shape, depths)}",
-            )
-            for name, dims, dtype in (("images", (n_c, n_z), np.uint16),
-                                      ("object", (n_c,), np.float32),
-                                      ("in_focus", (n_c,), np.float32)):
-                per_field[name].append(da.from_delayed(
-                    dask.delayed(_get, pure=True)(field, name), shape=(1, 1, *dims, *shape),
-                    dtype=dtype, meta=np.empty((0,) * (4 + len(dims)), dtype=dtype),
-                ))
-        images.append(da.concatenate(per_field["images"], axis=1))
-        objects.append(da.concatenate(per_field["object"], axis=1))
-        in_focus.append(da.concatenate(per_field["in_focus"], axis=1))
-    freq = radial_frequencies_for(shape, optics.pixel_size_um)
-    ground_truth = {
-        "object": da.concatenate(objects, axis=0),
-        "in_focus": da.concatenate(in_focus, axis=0),
-        # A task of its own: the fine-grid OTFs take seconds, better spent on a worker
-        # alongside the fields than on the client before anything starts.
-        "otf_radial": da.from_delayed(dask.delayed(true_otf_radial, pure=True)(depths, freq, optics),
-                                      shape=(n_z, freq.size), dtype=np.float64),
-        "freq": freq,
-    }
-    focal = [j for j, z in enumerate(depths) if z == 0]
-    write = dict(
-        wells=wells, optics=optics, camera=camera, z_um=depths, channel_names=channels,
-        plate_rows=n_rows, plate_columns=n_columns, focal_plane=focal[0] if focal else None,
-        ngff_version=ngff_version, ground_truth=ground_truth, overwrite=overwrite,
-        extra_attrs={"simulation": {"seed": int(seed), "size": list(shape), "plate_format": plate_format,
-                                    "seeding": "SeedSequence([seed, row * plate_columns + column - 1, field])"}},
-    )
-    stack = da.concatenate(images, axis=0)
-    if client is not None:
-        return write_plate(out, stack, client=client, progress=progress, **write)
-    from distributed import Client, LocalCluster
+            tasks.append(dask.delayed(_simulate_and_write, pure=False)(
+                targets.fields[w][f], gt["object"], gt["in_focus"], w, f, shape, depths,
+                (int(seed), well_index, f), optics, camera, channels,
+                dask_key_name=f"simulate-field-{well}-{f}-{run}",
+            ))
+    try:
+        if client is not None:
+            _compute(tasks, client=client, progress=progress)
+            return targets.path
+        from distributed import Client, LocalCluster
 
-    n_workers = workers or max(1, len(os.sched_getaffinity(0)))
-    with dask.config.set(worker_malloc_config()), \
-            LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                         dashboard_address=":0", silence_logs=logging.WARNING) as cluster, \
-            Client(cluster, set_as_default=False) as own:
-        log.info("simulating %d fields on %d workers; dashboard: %s", len(wells) * fields,
-                 n_workers, own.dashboard_link)
-        return write_plate(out, stack, client=own, progress=progress, **write)
+        n_workers = workers or max(1, len(os.sched_getaffinity(0)))
+        with dask.config.set(worker_malloc_config()), \
+                LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                             dashboard_address=":0", silence_logs=logging.WARNING) as cluster, \
+                Client(cluster, set_as_default=False) as own:
+            log.info("simulating %d fields on %d workers; dashboard: %s", len(wells) * fields,
+                     n_workers, own.dashboard_link)
+            _compute(tasks, client=own, progress=progress)
+    except BaseException:
+        shutil.rmtree(targets.path, ignore_errors=True)  # never leave a half-written plate behind
+        raise
+    return targets.path
