@@ -48,6 +48,7 @@ _LAZY = {
     "evaluate_plate": "metrics",
     "run_plate": "pipeline",
     "open_results": "pipeline",
+    "start_client": "cluster",
 }
 
 __all__ = [

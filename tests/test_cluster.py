@@ -12,15 +12,19 @@ import dask.array as da
 import dask_jobqueue  # noqa: F401  (loads the jobqueue config defaults before tests change it)
 import numpy as np
 import pytest
+import test_pipeline
 import yaml
 from distributed import Client, Nanny, Scheduler, SpecCluster, get_worker
 from distributed.comm.core import CommClosedError
+from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.security import Security
 
 from plate_refocus import cluster
 from plate_refocus.errors import ClusterError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "cluster"
+
+tiny_model = test_pipeline.tiny_model  # the shared tiny U-Net fixture
 
 
 @pytest.fixture
@@ -259,3 +263,37 @@ def test_lifetime_retires_workers_before_the_walltime_with_a_margin():
         assert life - stagger > 0.5 * walltime
         assert life + stagger <= walltime - 60
     assert cluster.lifetime_for_walltime(120) == (None, 0)
+
+
+class _WhereTasksRan(SchedulerPlugin):
+    """Records the worker name of every task that finishes (scheduler in this process)."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.ran_on: dict[str, str] = {}
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "memory":
+            ts = self.scheduler.tasks.get(key)
+            if ts is not None and ts.who_has:
+                self.ran_on[str(key)] = next(iter(ts.who_has)).name
+
+
+def test_pipeline_sends_unet_tasks_only_to_gpu_workers(mixed_client, tiny_model, tmp_path):
+    pytest.importorskip("plate_refocus.pipeline")
+    from plate_refocus.pipeline import run_plate
+    from plate_refocus.simulate import simulate_plate
+
+    plate = simulate_plate(tmp_path / "plate.zarr", rows=1, columns=2, fields=2,
+                           depths_um=(0, 6), size=(64, 64), seed=2, channels=("nuclei",),
+                           client=mixed_client)
+    recorder = _WhereTasksRan(mixed_client.cluster.scheduler)
+    mixed_client.cluster.scheduler.add_plugin(recorder, name="where-tasks-ran")
+    try:
+        run_plate(plate, tmp_path / "results.zarr", client=mixed_client, model=tiny_model,
+                  gpu=True)
+    finally:
+        mixed_client.cluster.scheduler.remove_plugin(name="where-tasks-ran")
+    planes = {k: w for k, w in recorder.ran_on.items() if k.startswith("plane-")}
+    assert len(planes) == 2 * 2 * 2  # wells x fields x depths: every U-Net task was seen
+    assert set(planes.values()) == {"gpu"}, planes

@@ -18,6 +18,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+import test_pipeline
 import xarray as xr
 import zarr
 from distributed import as_completed
@@ -131,27 +132,22 @@ def test_cancelled_worker_job_is_replaced_and_the_computation_completes(slurm_op
 _VARIABLES = ("refocused", "otf_radial", "psf", "defocus_um", "sharpness", "psnr", "ssim")
 
 
+tiny_model = test_pipeline.tiny_model  # the shared tiny U-Net fixture
+
+
 @pytest.fixture(scope="module")
-def plate_and_local_results(tmp_path_factory, client):
-    """A 4-well plate (1 field, 3 depths, 64 px), a tiny U-Net, and their local-cluster results."""
-    pytest.importorskip("plate_refocus.pipeline", reason="plate_refocus.pipeline not there yet")
-    from plate_refocus.optics import Optics
+def plate_and_local_results(tmp_path_factory, client, tiny_model):
+    """A 4-well plate (1 field, 3 depths, 64 px) and its results from a local cluster."""
     from plate_refocus.pipeline import run_plate
     from plate_refocus.simulate import simulate_plate
-    from plate_refocus.unet import ModelInfo, RefocusModel, UNetConfig, build_unet, save_model
 
     folder = tmp_path_factory.mktemp("slurm-e2e")
-    config = UNetConfig(depth=2, filters=4)
-    info = ModelInfo(name="tiny-slurm", config=config, optics=Optics(),
-                     depths_um=(0.0, 4.0, 10.0))
-    model = folder / "tiny.keras"
-    save_model(RefocusModel(build_unet(config, seed=0), info), model)
     plate = simulate_plate(folder / "plate.zarr", rows=1, columns=4, fields=1,
                            depths_um=(0, 4, 10), size=(64, 64), seed=5, channels=("nuclei",),
                            client=client)
     local = folder / "local.zarr"
-    run_plate(plate, local, client=client, model=model, command_line="local")
-    return plate, model, local
+    run_plate(plate, local, client=client, model=tiny_model, command_line="local")
+    return plate, tiny_model, local
 
 
 def _run_on_slurm(plate, model, out, tmp_path, job_name) -> tuple[subprocess.Popen, Path]:
