@@ -279,6 +279,7 @@ class _WhereTasksRan(SchedulerPlugin):
                 self.ran_on[str(key)] = next(iter(ts.who_has)).name
 
 
+@pytest.mark.slow
 def test_pipeline_sends_unet_tasks_only_to_gpu_workers(mixed_client, tiny_model, tmp_path):
     pytest.importorskip("plate_refocus.pipeline")
     from plate_refocus.pipeline import run_plate
