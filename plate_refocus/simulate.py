@@ -49,6 +49,8 @@ __all__ = [
     "field_padding",
     "radial_frequencies_for",
     "true_otf_radial",
+    "WORKER_MALLOC_ENV",
+    "worker_malloc_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -671,8 +673,9 @@ def simulate_plate(
     optics : Optics
     camera : Camera
     channels : sequence of {"nuclei", "actin"}
-    plate_format : {96, 384, 1536}
-        The physical plate (all its rows and columns are listed in the metadata).
+    plate_format : {96, 384, 1536, 6, 12, 24, 48}
+        Wells on the physical plate (all its rows and columns are listed in the
+        metadata).
     ngff_version : {"0.5", "0.4"}
     client : distributed.Client, optional
         Where to run; by default a new ``LocalCluster`` of ``workers``
@@ -688,7 +691,13 @@ def simulate_plate(
     Returns
     -------
     Path
-        ``out``.
+        ``out``. If anything fails or the run is interrupted, the partial
+        store is removed.
+
+    Raises
+    ------
+    OutputExistsError
+        ``out`` exists and ``overwrite`` is false.
     """
     import dask
 
