@@ -41,12 +41,17 @@ from plate_refocus.simulate import (
 )
 
 
+def _cpu_seconds(process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def _start_sampler(dask_worker, interval: float = 0.02) -> int:
-    """Sample this worker's RSS in a thread; the state lives on the worker object."""
+    """Sample this worker's RSS in a thread and note its CPU time; state lives on the worker."""
     import psutil
 
     process = psutil.Process()
-    state = {"rss": process.memory_info().rss, "running": True}
+    state = {"rss": process.memory_info().rss, "running": True, "cpu": _cpu_seconds(process)}
     dask_worker._bench_peak = state
 
     def sample():
@@ -58,10 +63,13 @@ def _start_sampler(dask_worker, interval: float = 0.02) -> int:
     return os.getpid()
 
 
-def _stop_sampler(dask_worker) -> float:
+def _stop_sampler(dask_worker) -> tuple[float, float]:
+    """(peak RSS in bytes, CPU seconds used since the start)."""
+    import psutil
+
     state = dask_worker._bench_peak
     state["running"] = False
-    return state["rss"]
+    return state["rss"], _cpu_seconds(psutil.Process()) - state["cpu"]
 
 
 def _warm_up(size, depths) -> None:
@@ -69,24 +77,26 @@ def _warm_up(size, depths) -> None:
     simulate_field(size, depths, seed=0)
 
 
-def bare_loop(n_fields: int, size, depths) -> float:
-    start = time.perf_counter()
+def bare_loop(n_fields: int, size, depths) -> tuple[float, float]:
+    """(wall seconds, CPU seconds)."""
+    start, cpu = time.perf_counter(), time.process_time()
     for f in range(n_fields):
         simulate_field(size, depths, seed=np.random.SeedSequence([0, 999, f]))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def fft_only(n_fields: int, size, depths, optics: Optics | None = None) -> float:
+def fft_only(n_fields: int, size, depths, optics: Optics | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds)."""
     optics = optics or Optics()
     big = _padded_shape(size, field_padding(max(depths), optics))
     objects = [simulate_objects(big, seed=f).astype(np.float64) for f in range(n_fields)]
     otfs = [defocus_otf(big, z, optics, real=True) for z in depths]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for obj in objects:
         spectrum = scipy.fft.rfft2(obj, axes=(-2, -1), workers=1)
         for otf in otfs:
             scipy.fft.irfft2(spectrum * otf, s=big, axes=(-2, -1), workers=1)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -105,10 +115,10 @@ def main() -> None:
     wells_list = [int(w) for w in args.wells.split(",")]
 
     _warm_up(size, depths)
-    bare_s = bare_loop(args.bare_fields, size, depths)
-    bare_rate = args.bare_fields * images_per_field / bare_s
-    fft_s = fft_only(args.bare_fields, size, depths)
-    fft_rate = args.bare_fields * images_per_field / fft_s
+    n_bare = args.bare_fields * images_per_field
+    bare_s, bare_cpu = bare_loop(args.bare_fields, size, depths)
+    fft_s, fft_cpu = fft_only(args.bare_fields, size, depths)
+    bare_rate = n_bare / bare_s
 
     rows, startups = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,34 +132,41 @@ def main() -> None:
                 client.run(_warm_up, size, depths)
                 client.run(_start_sampler)
                 columns = min(n_wells, 6)
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 out = simulate_plate(Path(tmp) / f"p{n_wells}.zarr", rows=n_wells // columns, columns=columns,
                                      fields=args.fields, size=size, depths_um=depths, client=client,
                                      plate_format=96 if n_wells <= 96 else 384)
-                seconds = time.perf_counter() - start
-                peaks = client.run(_stop_sampler)
+                seconds, main_cpu = time.perf_counter() - start, time.process_time() - cpu
+                stats = client.run(_stop_sampler)
             n_images = n_wells * args.fields * images_per_field
             disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-            rows.append((n_wells, n_images, seconds, n_images / seconds,
-                         max(peaks.values()) / 2**20, disk / 2**20))
+            worker_cpu = sum(cpu for _, cpu in stats.values())
+            rows.append((n_wells, n_images, seconds, worker_cpu + main_cpu,
+                         max(rss for rss, _ in stats.values()) / 2**20, disk / 2**20))
     startup = float(np.mean(startups))
 
     load = os.getloadavg()
     print(f"bench_simulate: {args.size}x{args.size} px, 2 channels x {len(depths)} depths per field, "
-          f"{args.fields} fields per well; {os.cpu_count()} cores, load average {load[0]:.1f} "
-          f"(other jobs on the machine share the cores)")
+          f"{args.fields} fields per well; {os.cpu_count()} cores, load average {load[0]:.1f} at the end")
     print(f"cluster start-up: {startup:.1f} s ({args.workers} workers x 1 thread, processes)")
+    print("wall-clock rates depend on what else runs on the machine; the CPU columns do not: "
+          "'CPU-bound rate' = images / (CPU seconds / cores used), what the run would reach on "
+          "otherwise idle cores (for the pipeline: worker + client + scheduler CPU, spread over the workers)")
     print()
-    print("| run | images | seconds | images/s | vs bare loop | peak RSS per worker (MiB) | plate on disk (MiB) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| bare NumPy loop (simulate_field, 1 thread) | {args.bare_fields * images_per_field} | "
-          f"{bare_s:.2f} | {bare_rate:.1f} | 1.00x | - | - |")
-    print(f"| FFT convolutions only (1 thread) | {args.bare_fields * images_per_field} | {fft_s:.2f} | "
-          f"{fft_rate:.1f} | {fft_rate / bare_rate:.2f}x | - | - |")
-    for n_wells, n_images, seconds, rate, peak, disk in rows:
-        print(f"| Dask pipeline, {n_wells} wells -> zarr ({args.workers} workers) | {n_images} | "
-              f"{seconds:.2f} | {rate:.1f} | {rate / bare_rate:.2f}x | {peak:.0f} | {disk:.1f} |")
-
+    print("| run | images | wall s | images/s (wall) | vs bare | CPU s | CPU-bound images/s | vs bare "
+          "| peak RSS per worker (MiB) | plate on disk (MiB) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    bare_bound = n_bare / bare_cpu
+    print(f"| bare NumPy loop (simulate_field, 1 thread) | {n_bare} | {bare_s:.2f} | {bare_rate:.1f} | 1.00x "
+          f"| {bare_cpu:.2f} | {bare_bound:.1f} | 1.00x | - | - |")
+    print(f"| FFT convolutions only (1 thread) | {n_bare} | {fft_s:.2f} | {n_bare / fft_s:.1f} | "
+          f"{n_bare / fft_s / bare_rate:.2f}x | {fft_cpu:.2f} | {n_bare / fft_cpu:.1f} | "
+          f"{n_bare / fft_cpu / bare_bound:.2f}x | - | - |")
+    for n_wells, n_images, seconds, cpu, peak, disk in rows:
+        bound = n_images / (cpu / args.workers)
+        print(f"| Dask pipeline, {n_wells} wells -> zarr ({args.workers} workers) | {n_images} | {seconds:.2f} | "
+              f"{n_images / seconds:.1f} | {n_images / seconds / bare_rate:.2f}x | {cpu:.2f} | {bound:.1f} | "
+              f"{bound / bare_bound:.2f}x | {peak:.0f} | {disk:.1f} |")
 
 if __name__ == "__main__":
     main()
