@@ -14,6 +14,7 @@ depth: an oracle), then checks the bars of the project's issue.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -27,9 +28,12 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model file (default: the shipped model)")
     parser.add_argument("--fields", type=int, default=None, help="only the first N fields")
     parser.add_argument("--out", default=None, help="write PREFIX.csv and PREFIX.json")
+    parser.add_argument("--baseline-cache", default=None,
+                        help="JSON file for the input and Wiener rows, which do not depend on the "
+                        "model: computed and written when missing, read when present")
     args = parser.parse_args()
 
-    from plate_refocus.metrics import evaluate_plate, format_table, write_table
+    from plate_refocus.metrics import evaluate_plate, format_table, summarize, write_table
     from plate_refocus.unet import load_model
 
     plate = args.plate
@@ -45,7 +49,20 @@ def main() -> None:
     print(f"model {model.info.name} ({model.info.sha256[:12]}), trained on "
           f"{model.info.training.get('plate', '?')} (seed of that plate: see its metadata)")
     start = time.perf_counter()
-    _, summary = evaluate_plate(plate, model, max_fields=args.fields)
+    cache = Path(args.baseline_cache) if args.baseline_cache else None
+    if cache is not None and cache.exists():
+        baseline = json.loads(cache.read_text())
+        if baseline["plate"] != str(plate) or baseline["fields"] != args.fields:
+            raise SystemExit(f"{cache} was computed for another plate or --fields; delete it")
+        base_rows = baseline["rows"]
+        print(f"input and Wiener rows read from {cache}")
+    else:
+        base_rows, _ = evaluate_plate(plate, False, max_fields=args.fields)
+        if cache is not None:
+            cache.write_text(json.dumps({"plate": str(plate), "fields": args.fields, "rows": base_rows}))
+    model_rows, _ = evaluate_plate(plate, model, max_fields=args.fields, wiener=False)
+    rows = base_rows + [r for r in model_rows if r["method"] == "refocused"]
+    summary = summarize(rows)
     print(f"plate {plate}: evaluated in {time.perf_counter() - start:.0f} s")
     print(format_table(summary))
 

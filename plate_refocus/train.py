@@ -550,7 +550,7 @@ def train_model(
         norm_percentiles=train.norm_percentiles,
         training={
             **(training_info or {}),
-            **{k: v for k, v in dataclasses.asdict(train).items()},
+            **dataclasses.asdict(train),
             "train_wells": train_wells,
             "validation_wells": val_wells,
             "hardware": _hardware(),

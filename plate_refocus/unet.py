@@ -670,7 +670,8 @@ def save_model(model: RefocusModel, path: str | os.PathLike) -> Path:
     -------
     Path
         The ``.keras`` path. ``model.info`` is replaced by one that carries
-        the file's SHA-256 and the package and Keras versions.
+        the file's SHA-256 and the package and Keras versions. Only the
+        architecture and weights are written (no optimizer state).
     """
     if not isinstance(model, RefocusModel):
         raise TypeError(f"model must be a RefocusModel, got {type(model).__name__}")
@@ -682,7 +683,13 @@ def save_model(model: RefocusModel, path: str | os.PathLike) -> Path:
     from . import __version__
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    model.keras_model.save(path)
+    keras_model = model.keras_model
+    if getattr(keras_model, "optimizer", None) is not None:
+        # A compiled model would carry its optimizer state (twice the weights) and its loss:
+        # save an uncompiled copy, which is all that prediction needs.
+        keras_model = keras.Model.from_config(keras_model.get_config())
+        keras_model.set_weights(model.keras_model.get_weights())
+    keras_model.save(path)
     info = dataclasses.replace(
         model.info,
         sha256=_sha256(path),

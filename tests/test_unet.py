@@ -348,3 +348,17 @@ def test_module_level_warnings_are_quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_unet(TINY)
+
+
+def test_saving_a_compiled_model_drops_the_optimizer(tmp_path):
+    plain = _model(TINY_PATCH, seed=2)
+    compiled = _model(TINY_PATCH, seed=2)
+    compiled.keras_model.compile(optimizer="adam", loss="mse")
+    x = np.zeros((2, 16, 16, 1), "float32")
+    compiled.keras_model.train_on_batch(x, x)  # creates the optimizer's state
+    compiled.keras_model.set_weights(plain.keras_model.get_weights())
+    a = save_model(plain, tmp_path / "plain.keras").stat().st_size
+    b = save_model(compiled, tmp_path / "compiled.keras").stat().st_size
+    assert abs(a - b) < 0.1 * a
+    image = _image((32, 32))
+    np.testing.assert_array_equal(load_model(tmp_path / "compiled.keras").predict(image), plain.predict(image))
