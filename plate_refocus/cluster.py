@@ -443,11 +443,16 @@ def _local_cluster(*, workers, threads_per_worker, memory, interface, gpu, tls,
     if interface:
         kwargs["interface"] = interface
     log.info("local cluster: %d worker processes x %d threads", n_workers, threads)
+    from .simulate import worker_malloc_config
+
     try:
-        return LocalCluster(
-            n_workers=n_workers, threads_per_worker=threads, processes=True,
-            memory_limit=memory or "auto", dashboard_address=dashboard_address, **kwargs,
-        )
+        # glibc settings that keep multi-MB arrays from being page-faulted afresh in every task
+        # (see simulate.WORKER_MALLOC_ENV): workers spend their CPU on the work, as a plain loop does.
+        with dask.config.set(worker_malloc_config()):
+            return LocalCluster(
+                n_workers=n_workers, threads_per_worker=threads, processes=True,
+                memory_limit=memory or "auto", dashboard_address=dashboard_address, **kwargs,
+            )
     except ValueError as error:
         raise ClusterError(f"cannot start a local Dask cluster: {error}") from error
 

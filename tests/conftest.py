@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import zarr
 import zarr.storage
@@ -90,3 +92,16 @@ def chunk_reads(monkeypatch) -> ChunkReads:
     written, and the read_only flag of every LocalStore opened (``.chunks``, ``.writes``,
     ``.read_only``)."""
     return ChunkReads(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """An untrained depth-2, 4-filter U-Net saved with its metadata (fast, deterministic)."""
+    from plate_refocus.optics import Optics
+    from plate_refocus.unet import ModelInfo, RefocusModel, UNetConfig, build_unet, save_model
+
+    config = UNetConfig(depth=2, filters=4)
+    info = ModelInfo(name="tiny-test", config=config, optics=Optics(), depths_um=(0.0, 4.0, 10.0))
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    save_model(RefocusModel(build_unet(config, seed=0), info), path)
+    return path

@@ -12,7 +12,6 @@ import dask.array as da
 import dask_jobqueue  # noqa: F401  (loads the jobqueue config defaults before tests change it)
 import numpy as np
 import pytest
-import test_pipeline
 import yaml
 from distributed import Client, Nanny, Scheduler, SpecCluster, get_worker
 from distributed.comm.core import CommClosedError
@@ -24,7 +23,6 @@ from plate_refocus.errors import ClusterError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "cluster"
 
-tiny_model = test_pipeline.tiny_model  # the shared tiny U-Net fixture
 
 
 @pytest.fixture

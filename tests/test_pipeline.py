@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import dask
 import numpy as np
@@ -20,18 +19,6 @@ from plate_refocus.errors import OutputExistsError, PlateLayoutError
 from plate_refocus.optics import Optics
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """An untrained depth-2, 4-filter U-Net saved with its metadata (fast, deterministic)."""
-    from plate_refocus.unet import ModelInfo, RefocusModel, UNetConfig, build_unet, save_model
-
-    config = UNetConfig(depth=2, filters=4)
-    info = ModelInfo(name="tiny-test", config=config, optics=Optics(), depths_um=(0.0, 4.0, 10.0))
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    save_model(RefocusModel(build_unet(config, seed=0), info), path)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +81,7 @@ def test_values_equal_the_pieces_run_directly(results, tiny_plate, tiny_model):
     np.testing.assert_allclose(ds["refocused"].isel(well=w, z=z).values, np.stack(refs),
                                rtol=1e-5, atol=1e-3)
     spectra = sum(field_spectra(r.astype(np.float64), g, reference_background=offset,
-                                defocused_background=offset) for r, g in zip(refs, raws))
+                                defocused_background=offset) for r, g in zip(refs, raws, strict=True))
     est = recover_psf(spectra, (64, 64), Optics.from_dict(plate.attrs["optics"]),
                       reference="in-focus", psf_size=33)
     np.testing.assert_allclose(ds["otf_radial"].isel(well=w, z=z).values, est.otf_radial,

@@ -18,7 +18,6 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-import test_pipeline
 import xarray as xr
 import zarr
 from distributed import as_completed
@@ -132,7 +131,6 @@ def test_cancelled_worker_job_is_replaced_and_the_computation_completes(slurm_op
 _VARIABLES = ("refocused", "otf_radial", "psf", "defocus_um", "sharpness", "psnr", "ssim")
 
 
-tiny_model = test_pipeline.tiny_model  # the shared tiny U-Net fixture
 
 
 @pytest.fixture(scope="module")
