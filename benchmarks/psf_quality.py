@@ -72,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="keep simulated fields here")
     parser.add_argument("--noisy-focus", action="store_true", help="in-focus reference = noisy z=0 plane")
     parser.add_argument("--edges", default="taper")
+    parser.add_argument("--taper", type=float, default=None, help="Tukey ramp fraction (default: field_spectra's)")
     parser.add_argument("--simulate-only", action="store_true", help="fill --cache and stop")
     args = parser.parse_args(argv)
     camera = Camera()
+    taper = {} if args.taper is None else {"taper": args.taper}
     bars: dict[str, list[bool]] = {}
 
     def bar(name: str, ok: bool) -> str:
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                         truth = np.divide(truth, k0, out=np.zeros_like(truth), where=band & (k0 > 1e-6))
                     per_field = [
                         field_spectra(r, g, reference_background=ref_bg,
-                                      defocused_background=camera.offset, edges=args.edges)
+                                      defocused_background=camera.offset, edges=args.edges, **taper)
                         for r, g in zip(refs, images[:, c, j], strict=False)
                     ]
                     est = recover_psf(sum(per_field), shape, optics, reference=reference)

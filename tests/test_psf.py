@@ -389,8 +389,7 @@ def test_hankel_model_in_focus_is_the_circular_pupil_autocorrelation():
     np.testing.assert_allclose(model_radial_otf(freq, 0.0, optics), exact, atol=2e-3)
 
 
-@pytest.mark.parametrize("reference", ["object", "in-focus"])
-@pytest.mark.parametrize("z", [2.0, 9.3, 27.0])
+@pytest.mark.parametrize("reference, z", [("object", 2.0), ("in-focus", 9.3), ("object", 27.0)])
 def test_fit_recovers_depth_from_a_model_profile(reference, z):
     optics = Optics()
     freq = radial_frequencies((128, 128), optics.pixel_size_um)
