@@ -37,7 +37,7 @@ def test_dataset_layout_coordinates_and_attributes(results, tiny_plate):
     out, summary = results
     plate = open_plate(tiny_plate)
     ds = open_results(out)
-    assert summary.wells_computed == ["A01", "A02"] and summary.planes == 2 * 2 * 3
+    assert sorted(summary.wells_computed) == ["A01", "A02"] and summary.planes == 2 * 2 * 3
     assert dict(ds["refocused"].sizes) == {"well": 2, "field": 2, "z": 3, "y": 64, "x": 64}
     assert ds["refocused"].dtype == np.float32
     assert ds["otf_radial"].dims == ("well", "z", "freq")
@@ -109,7 +109,7 @@ def test_existing_output_is_refused_without_resume_or_overwrite(results, tiny_pl
     with pytest.raises(OutputExistsError, match="pass --resume to finish it or --overwrite"):
         run_plate(tiny_plate, out, client=client, model=tiny_model)
     summary = run_plate(tiny_plate, out, client=client, model=tiny_model, resume=True)
-    assert summary.wells_computed == [] and summary.wells_skipped == ["A01", "A02"]
+    assert summary.wells_computed == [] and sorted(summary.wells_skipped) == ["A01", "A02"]
 
 
 def test_bad_channel_and_reference_are_explained(tiny_plate, tiny_model, client, tmp_path):
