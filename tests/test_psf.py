@@ -115,7 +115,7 @@ def test_dask_distributed_reduction_matches_local_sum():
     rng = np.random.default_rng(1)
     pairs = [(rng.uniform(1, 3, (24, 24)), rng.uniform(1, 3, (24, 24))) for _ in range(4)]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         futures = [client.submit(field_spectra, r, d, backend="numpy", pure=False) for r, d in pairs]
         total = client.submit(sum, futures).result()
     local = sum(field_spectra(r, d) for r, d in pairs)
