@@ -41,6 +41,8 @@ _LAZY = {
     "simulate_objects": "simulate",
     "Camera": "simulate",
     "estimate_psf": "psf",
+    "recover_psf": "psf",
+    "field_spectra": "psf",
     "load_model": "unet",
     "save_model": "unet",
     "default_model_path": "unet",
