@@ -412,9 +412,36 @@ def _add_info(subparsers) -> None:
         "wells, fields, channels, planes and their depths, shape, dtype, pixel size, z step, "
         "size on disk and whether it carries simulation ground truth.",
     )
-    p.add_argument("plate", metavar="PLATE", help="an OME-Zarr HCS plate (NGFF 0.5 or 0.4)")
+    p.add_argument("plate", metavar="PLATE", nargs="?", default=None,
+                   help="an OME-Zarr HCS plate (NGFF 0.5 or 0.4); without it, describe the "
+                   "installation (versions, GPU, default model)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_info)
+
+
+def installation_info() -> dict:
+    """Versions, GPU and default model of this installation (imports no Keras)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .unet import default_model_path, read_model_info
+    from .xp import gpu_available
+
+    versions = {}
+    for name in ("numpy", "scipy", "dask", "distributed", "zarr", "xarray", "tensorflow",
+                 "keras", "dask-jobqueue", "ome-zarr-models", "cupy-cuda12x"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    path = default_model_path()
+    model = {"path": str(path), "present": path.exists()}
+    if path.exists():
+        info = read_model_info(path)
+        model.update(name=info.name, sha256=info.sha256, optics=info.optics.to_dict(),
+                     depths_um=list(info.depths_um))
+    return {"plate_refocus": __version__, "python": platform.python_version(),
+            "packages": versions, "gpu": gpu_available(), "default_model": model}
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -423,6 +450,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     from .plate import format_info, plate_info
 
+    if args.plate is None:
+        info = installation_info()
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        print(f"plate-refocus {info['plate_refocus']} on Python {info['python']}")
+        print("  " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
+        print(f"  GPU (CuPy + CUDA): {'yes' if info['gpu'] else 'no; everything runs on NumPy'}")
+        model = info["default_model"]
+        if model["present"]:
+            print(f"  default model: {model['name']} ({model['sha256'][:12]}), trained for "
+                  f"{model['optics']}, depths {model['depths_um']} um")
+        else:
+            print(f"  default model: MISSING at {model['path']}; pass --model to run/evaluate")
+        return 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         info = plate_info(args.plate)

@@ -1,0 +1,59 @@
+"""The `run`, `demo` and `info` commands as a user types them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import xarray as xr
+
+
+def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "plate_refocus.cli", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_info_without_a_plate_describes_the_installation_without_keras():
+    done = cli("info", "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["plate_refocus"] and info["packages"]["dask"] and info["gpu"] in (True, False)
+    assert "present" in info["default_model"]
+    code = ("import sys, plate_refocus.cli as c; c.main(['info']); "
+            "sys.exit(3 if 'keras' in sys.modules or 'tensorflow' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_run_dry_run_prints_the_plan_and_writes_nothing(tiny_plate, tmp_path):
+    done = cli("run", str(tiny_plate), str(tmp_path / "r.zarr"), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "plan: 2 wells x 2 fields x 3 planes" in done.stdout
+    assert not (tmp_path / "r.zarr").exists()
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda plate, tmp: ["run", str(tmp / "nope.zarr"), str(tmp / "r.zarr")], "does not exist"),
+    (lambda plate, tmp: ["run", str(plate), str(tmp / "r.zarr"), "--model", str(tmp / "m.keras")],
+     "does not exist"),
+    (lambda plate, tmp: ["run", str(plate), str(plate)], "the output path is the input plate"),
+])
+def test_run_bad_input_is_one_line_without_traceback(tiny_plate, tmp_path, make_args, message):
+    done = cli(*make_args(tiny_plate, tmp_path), "--workers", "1")
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if "error:" in line]) == 1
+
+
+def test_run_prints_dashboard_progress_and_summary(tiny_plate, tiny_model, tmp_path):
+    out = tmp_path / "r.zarr"
+    done = cli("run", str(tiny_plate), str(out), "--model", str(tiny_model), "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    assert "dashboard: http://" in done.stdout
+    assert "2/2 wells" in done.stderr
+    assert "done: 2 wells computed of 2; 4 fields, 12 planes" in done.stdout
+    assert f"xr.open_zarr({str(out)!r})" in done.stdout
+    assert xr.open_zarr(out)["refocused"].sizes["well"] == 2
+    again = cli("run", str(tiny_plate), str(out), "--model", str(tiny_model), "--workers", "1")
+    assert again.returncode == 2 and "pass --resume to finish it or --overwrite" in again.stderr
