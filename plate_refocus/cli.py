@@ -655,8 +655,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # Dask's own INFO lines (workers joining, comms closing) are noise at -v; -vv shows them.
+    # distributed sets its loggers up from Dask's config when first imported, so set both.
+    import dask
+
+    quiet = "debug" if args.verbose >= 2 else "warning"
+    dask.config.set({"logging.distributed": quiet, "logging.dask_jobqueue": quiet})
     for name in ("distributed", "dask_jobqueue"):
-        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose >= 2 else logging.WARNING)
+        logging.getLogger(name).setLevel(quiet.upper())
     try:
         return int(args.func(args) or 0)
     except PlateRefocusError as error:

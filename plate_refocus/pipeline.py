@@ -31,6 +31,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -664,7 +665,10 @@ def run_plate(
             on_well_done(names[index], len(computed), len(todo))
         submit_next()
     seconds = time.perf_counter() - start
-    zarr.consolidate_metadata(str(out))
+    with warnings.catch_warnings():
+        # zarr warns that consolidated metadata is not in the v3 spec yet; xarray reads it.
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(str(out))
     n_fields, n_z = plan.job.n_fields, plan.job.n_z
     return RunSummary(
         out=out,
