@@ -28,27 +28,26 @@ from pathlib import Path
 
 import numpy as np
 
-_PEAK = {"rss": 0}
 
-
-def _start_sampler(dask_worker=None) -> int:
-    """Runs on each worker: sample this process's RSS every 50 ms, keep the peak."""
+def _start_sampler(dask_worker) -> int:
+    """Runs on each worker: sample this process's RSS every 50 ms, keep the peak on the worker."""
     import psutil
 
     process = psutil.Process()
-    _PEAK["rss"] = process.memory_info().rss
+    dask_worker.bench_peak_rss = process.memory_info().rss
 
     def sample() -> None:
         while True:
-            _PEAK["rss"] = max(_PEAK["rss"], process.memory_info().rss)
+            dask_worker.bench_peak_rss = max(dask_worker.bench_peak_rss,
+                                             process.memory_info().rss)
             time.sleep(0.05)
 
     threading.Thread(target=sample, daemon=True).start()
     return os.getpid()
 
 
-def _peak_rss(dask_worker=None) -> int:
-    return _PEAK["rss"]
+def _peak_rss(dask_worker) -> int:
+    return dask_worker.bench_peak_rss
 
 
 def _run_pipeline(plate: Path, out: Path, model: str | None, workers: int) -> tuple[float, int, list[int]]:
@@ -111,16 +110,17 @@ def _graph_size(tmp: Path, model: str | None) -> tuple[int, int, int, float]:
     import dask.array as da
     from distributed import Client, LocalCluster
 
+    from plate_refocus.optics import Optics
     from plate_refocus.pipeline import _resolve, plate_graph_size
     from plate_refocus.plate import well_name, write_plate
 
     plate = tmp / "p384.zarr"
-    wells = [well_name(r, c) for r in range(16) for c in range(24)]
+    wells = [well_name(r, c) for r in range(16) for c in range(1, 25)]
     # 32 x 32 planes keep the store small; a graph holds keys and shapes, no pixels.
     images = da.zeros((384, 2, 1, 34, 32, 32), dtype=np.uint16, chunks=(1, 1, 1, 1, 32, 32))
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
                       silence_logs=40) as cluster, Client(cluster):
-        write_plate(plate, images, wells, optics=__import__("plate_refocus").Optics(),
+        write_plate(plate, images, wells, optics=Optics(),
                     z_um=[2.0 * (i - 16) for i in range(34)], channel_names=["w1"],
                     plate_rows=16, plate_columns=24, focal_plane=16)
     start = time.perf_counter()

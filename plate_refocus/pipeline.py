@@ -127,9 +127,9 @@ def _zarr_array(store: str, path: str, mode: str) -> Any:
         return array
 
 
-def _read_plane(job: _Job, well: int, field: int, z: int) -> np.ndarray:
+def _read_plane(job: _Job, array_path: str, z: int) -> np.ndarray:
     """One ``(Y, X)`` plane of the chosen channel, read straight from the input plate."""
-    array = _zarr_array(job.plate_path, job.field_arrays[well][field], "r")
+    array = _zarr_array(job.plate_path, array_path, "r")
     where = {"t": 0, "c": job.channel, "z": z}
     index = tuple(where.get(axis, slice(None)) for axis in job.axes)
     return np.asarray(array[index])
@@ -154,7 +154,7 @@ def _quality(defocused: np.ndarray, refocused: np.ndarray, truth: np.ndarray | N
 
 
 def plane_task(
-    job: _Job, well: int, field: int, z: int, missing: bool = False
+    job: _Job, array_path: str, well: int, field: int, z: int, missing: bool = False
 ) -> tuple[Any, np.ndarray] | None:
     """Refocus one plane, write it, and return its Fourier partial sums and quality.
 
@@ -169,13 +169,13 @@ def plane_task(
         _zarr_array(job.out, "refocused", "r+")[well, field, z] = np.nan
         return None
 
-    raw = _read_plane(job, well, field, z).astype(np.float32)
+    raw = _read_plane(job, array_path, z).astype(np.float32)
     refocused = refocus_plane(raw, job.model_path)
     _zarr_array(job.out, "refocused", "r+")[well, field, z] = refocused
     if job.reference == "refocused":
         reference = refocused
     else:
-        reference = _read_plane(job, well, field, job.focal_plane).astype(np.float32)
+        reference = _read_plane(job, array_path, job.focal_plane).astype(np.float32)
     spectra = field_spectra(
         reference.astype(np.float64),
         raw.astype(np.float64),
@@ -260,7 +260,6 @@ class _Job:
     """
 
     plate_path: str
-    field_arrays: tuple[tuple[str, ...], ...]  # per well, per field: level-0 array path
     axes: tuple[str, ...]  # of those arrays, e.g. ("c", "z", "y", "x")
     channel: int
     truth_path: str | None  # the ground truth's in-focus array, when the plate has one
@@ -291,6 +290,8 @@ class _Plan:
     model_info: dict[str, Any]
     gpu: bool
     missing: np.ndarray  # (well, field, z) bool: planes the plate marks missing
+    field_arrays: tuple[tuple[str, ...], ...]  # per well, per field: level-0 array path
+    tag: str  # identifies this run's tasks on the cluster
 
 
 def _channel_index(channel: str | int | None, channels: list[str]) -> int:
@@ -354,7 +355,6 @@ def _resolve(
         missing_focal = frozenset(zip(w_idx.tolist(), f_idx.tolist(), strict=True))
     job = _Job(
         plate_path=str(plate_path),
-        field_arrays=tuple(tuple(paths) for paths in plate.attrs["field_arrays"]),
         axes=tuple(plate.attrs["field_axes"]),
         channel=ci,
         truth_path=truth_path,
@@ -378,6 +378,8 @@ def _resolve(
         model_info=model_info,
         gpu=gpu,
         missing=missing,
+        field_arrays=tuple(tuple(paths) for paths in plate.attrs["field_arrays"]),
+        tag=dask.base.tokenize(job)[:8],
     )
 
 
@@ -397,13 +399,13 @@ def well_graph(plan: _Plan, well: int) -> Delayed:
     fields (PSF recovery and fit), and one task writing the well's results.
     """
     job = plan.job
-    tag = f"{well}-{dask.base.tokenize(job)[:8]}"
+    tag = f"{well}-{plan.tag}"
     depths = []
     for z in range(job.n_z):
         with gpu_tasks(plan.gpu):
             planes = [
                 dask.delayed(plane_task, pure=False)(
-                    job, well, f, z, bool(plan.missing[well, f, z]),
+                    job, plan.field_arrays[well][f], well, f, z, bool(plan.missing[well, f, z]),
                     dask_key_name=f"plane-{tag}-{f}-{z}")
                 for f in range(job.n_fields)
             ]
