@@ -158,7 +158,8 @@ def main() -> None:
         t_bare, planes_bare = _bare_loop(plates[6], args.model)
         peaks24 = None
         if 24 in plates:
-            _, _, peaks24 = _run_pipeline(plates[24], tmp / "r24.zarr", args.model, args.workers)
+            t24, planes24, peaks24 = _run_pipeline(plates[24], tmp / "r24.zarr", args.model,
+                                                   args.workers)
         g_bytes, g_largest, g_tasks, g_seconds = _graph_size(tmp, args.model)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -174,6 +175,8 @@ def main() -> None:
     print(f"{'peak RSS per worker, 6 wells (MiB)':<52}{max(peaks6) / mib:>14.0f}")
     if peaks24:
         growth = max(peaks24) / max(peaks6) - 1
+        print(f"{'pipeline, planes/s, 24 wells':<52}{planes24 / t24:>14.2f}")
+        print(f"{'ratio pipeline (24 wells) / bare':<52}{planes24 / t24 / rate_bare:>14.2f}")
         print(f"{'peak RSS per worker, 24 wells (MiB)':<52}{max(peaks24) / mib:>14.0f}")
         print(f"{'growth 6 -> 24 wells (target < 20 %)':<52}{100 * growth:>13.1f}%")
     print(f"{'graph, 384 wells x 2 fields x 34 planes: tasks':<52}{g_tasks:>14d}")
