@@ -51,12 +51,11 @@ def _peak_rss(dask_worker) -> int:
 
 
 def _run_pipeline(plate: Path, out: Path, model: str | None, workers: int) -> tuple[float, int, list[int]]:
-    from distributed import Client, LocalCluster
-
+    from plate_refocus.cluster import start_client
     from plate_refocus.pipeline import run_plate
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
+    # The cluster `plate-refocus run` starts (worker processes, 1 thread, its malloc settings).
+    with start_client("local", workers=workers, dashboard_address=":0") as client:
         client.run(_start_sampler)
         # Warm-up: every worker imports TensorFlow and loads the model once (not timed).
         warm = Path(str(out) + ".warm")
