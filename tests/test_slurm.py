@@ -59,14 +59,14 @@ def _squeue(name: str) -> dict[str, str]:
     return dict(line.split() for line in out.splitlines() if line.strip())
 
 
-def _wait_for(condition, timeout: float, what: str):
+def _wait_for(condition, timeout: float, what: str, every: float = 0.5):
     """Poll ``condition()`` until it returns something truthy; fail after ``timeout`` s."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = condition()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(every)
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
@@ -135,12 +135,16 @@ _VARIABLES = ("refocused", "otf_radial", "psf", "defocus_um", "sharpness", "psnr
 
 @pytest.fixture(scope="module")
 def plate_and_local_results(tmp_path_factory, client, tiny_model):
-    """A 4-well plate (1 field, 3 depths, 64 px) and its results from a local cluster."""
+    """A 24-well plate (2 fields, 3 depths, 64 px) and its results from a local cluster.
+
+    Large enough that a run lasts a few seconds after its workers start, so a worker job can
+    be cancelled while wells remain, even on an idle machine.
+    """
     from plate_refocus.pipeline import run_plate
     from plate_refocus.simulate import simulate_plate
 
     folder = tmp_path_factory.mktemp("slurm-e2e")
-    plate = simulate_plate(folder / "plate.zarr", rows=1, columns=4, fields=1,
+    plate = simulate_plate(folder / "plate.zarr", rows=3, columns=8, fields=2,
                            depths_um=(0, 4, 10), size=(64, 64), seed=5, channels=("nuclei",),
                            client=client)
     local = folder / "local.zarr"
@@ -201,7 +205,7 @@ def test_run_on_slurm_equals_a_local_run(plate_and_local_results, tmp_path, job_
     text = _finish(proc, log)
     assert len(seen) == 2, f"expected two worker jobs in squeue, saw {seen}"
     assert "dashboard: http://" in text
-    assert "done: 4 wells computed of 4" in text
+    assert "done: 24 wells computed of 24" in text
     _assert_same_results(out, local)
     _wait_for(lambda: not _squeue(job_name), 30, f"jobs {sorted(seen)} to leave squeue")
 
@@ -221,7 +225,7 @@ def test_run_on_slurm_survives_a_cancelled_worker_job(plate_and_local_results, t
             return False
         return bool(np.asarray(done).any())
 
-    _wait_for(first_well_done, 120, "the first well to be written")
+    _wait_for(first_well_done, 120, "the first well to be written", every=0.05)
     jobs = _squeue(job_name)
     assert proc.poll() is None and len(jobs) == 2, "the run ended before a job could be cancelled"
     victim = sorted(jobs)[0]
@@ -229,7 +233,7 @@ def test_run_on_slurm_survives_a_cancelled_worker_job(plate_and_local_results, t
     done_at_cancel = int(np.asarray(zarr.open_group(str(out), mode="r")["well_done"][:]).sum())
 
     text = _finish(proc, log)
-    assert done_at_cancel < 4, "all wells were done before the cancel: nothing was tested"
-    assert "done: 4 wells computed of 4" in text
+    assert done_at_cancel < 24, "all wells were done before the cancel: nothing was tested"
+    assert "done: 24 wells computed of 24" in text
     _assert_same_results(out, local)
     _wait_for(lambda: not _squeue(job_name), 30, "the worker jobs to leave squeue")
