@@ -42,7 +42,7 @@ def main(workdir: Path) -> None:
     print(ds)
     well, depth = "A01", 10.0
     sel = {"well": well, "field": 0}
-    z = int(abs(ds["z_um"] - depth).argmin())
+    z = int(abs(ds["z_um"] - depth).argmin("z"))
     raw = pr.open_plate(plate).sel(sel).isel(c=0, z=z)
     truth = pr.open_ground_truth(plate)["in_focus"].sel(sel).isel(c=0)
 
