@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -66,13 +67,16 @@ def _wait_for(condition, timeout: float, what: str, every: float = 0.5):
         value = condition()
         if value:
             return value
-        time.sleep(every)
+        threading.Event().wait(every)  # the pause between looks; the deadline bounds the loop
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def _slurm_job_id(block: np.ndarray) -> np.ndarray:
-    """The SLURM job id of the worker that ran this task, with a little work to spread tasks."""
-    time.sleep(0.3)
+    """The SLURM job id of the worker that ran this task, after some real work (a few tenths of
+    a second of SVDs) so that the tasks spread over both workers and a cancel lands mid-run."""
+    matrix = np.random.default_rng(0).random((200, 200))
+    for _ in range(40):
+        np.linalg.svd(matrix)
     return np.full(block.shape, int(os.environ["SLURM_JOB_ID"]))
 
 
@@ -201,7 +205,10 @@ def test_run_on_slurm_equals_a_local_run(plate_and_local_results, tmp_path, job_
         seen.update(jobs)
         if sum(state == "RUNNING" for state in jobs.values()) == 2:
             break
-        time.sleep(0.5)
+        try:  # wait on the run itself between looks at squeue
+            proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
     text = _finish(proc, log)
     assert len(seen) == 2, f"expected two worker jobs in squeue, saw {seen}"
     assert "dashboard: http://" in text
