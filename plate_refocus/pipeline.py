@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import logging
 import os
@@ -185,11 +186,18 @@ def plane_task(
     )
     truth = None
     if job.truth_path is not None:
-        truth = np.asarray(
-            _zarr_array(job.plate_path, job.truth_path, "r")[well, field, job.channel],
-            dtype=np.float64,
-        )
+        truth = _truth_plane(job.plate_path, job.truth_path, well, field, job.channel)
     return spectra, _quality(raw, refocused, truth, job.data_range)
+
+
+@functools.lru_cache(maxsize=16)
+def _truth_plane(plate_path: str, truth_path: str, well: int, field: int,
+                 channel: int) -> np.ndarray:
+    """A field's ground-truth in-focus image, read once per worker for all its depths."""
+    truth = np.asarray(_zarr_array(plate_path, truth_path, "r")[well, field, channel],
+                       dtype=np.float64)
+    truth.flags.writeable = False
+    return truth
 
 
 def depth_task(
