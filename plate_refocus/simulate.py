@@ -182,6 +182,13 @@ def _check_channels(channels: Sequence[str]) -> tuple[str, ...]:
     return channels
 
 
+def _check_optics_camera(optics: Any, camera: Any) -> None:
+    if not isinstance(optics, Optics):
+        raise TypeError(f"optics must be an Optics, got {optics!r}")
+    if not isinstance(camera, Camera):
+        raise TypeError(f"camera must be a Camera, got {camera!r}")
+
+
 def _check_depths(depths_um: Sequence[float]) -> tuple[float, ...]:
     try:
         depths = tuple(float(z) for z in np.ravel(np.asarray(depths_um, dtype=float)))
@@ -524,10 +531,7 @@ def simulate_field(
     shape = _check_shape(shape)
     depths = _check_depths(depths_um)
     channels = _check_channels(channels)
-    if not isinstance(optics, Optics):
-        raise TypeError(f"optics must be an Optics, got {optics!r}")
-    if not isinstance(camera, Camera):
-        raise TypeError(f"camera must be a Camera, got {camera!r}")
+    _check_optics_camera(optics, camera)
     seq = _seed_sequence(seed)
 
     pad = field_padding(max(abs(z) for z in depths), optics)
@@ -717,10 +721,7 @@ def simulate_plate(
     shape = _check_shape(size)
     depths = _check_depths(depths_um)
     channels = _check_channels(channels)
-    if not isinstance(optics, Optics):
-        raise TypeError(f"optics must be an Optics, got {optics!r}")
-    if not isinstance(camera, Camera):
-        raise TypeError(f"camera must be a Camera, got {camera!r}")
+    _check_optics_camera(optics, camera)
     n_c, n_z = len(channels), len(depths)
     freq = radial_frequencies_for(shape, optics.pixel_size_um)
     focal = [j for j, z in enumerate(depths) if z == 0]
