@@ -11,9 +11,12 @@ Prints fields/second for
   ``conj(F) G / (|F|^2 + mu)``, averaged over fields, no pooling of sums,
 
 all with the same number of ``scipy.fft`` worker threads, best of a few
-repeats (the machine may be shared). Run::
+repeats (the machine may be shared). With ``--backend cupy`` every row runs on
+the GPU through ``cupyx.scipy.fft`` instead, each starting from the uint16
+fields in host memory (as a Dask task gets them from zarr) and ending when the
+GPU is done. Run::
 
-    .venv/bin/python benchmarks/bench_psf.py [--fields 16] [--workers 1] [--repeats 3]
+    .venv/bin/python benchmarks/bench_psf.py [--fields 16] [--workers 1] [--repeats 3] [--backend cupy]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import scipy.ndimage  # noqa: E402
 
 from plate_refocus.optics import Optics  # noqa: E402
 from plate_refocus.psf import field_spectra, recover_psf  # noqa: E402
+from plate_refocus.xp import get_xp  # noqa: E402
 
 
 def make_fields(n: int, shape: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -67,27 +71,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--height", type=int, default=520)
     parser.add_argument("--width", type=int, default=696)
+    parser.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     args = parser.parse_args(argv)
     shape = (args.height, args.width)
     sharp, blurred = make_fields(args.fields, shape)
     optics = Optics()
     workers = args.workers
+    backend = args.backend
+    xp, fft = get_xp(backend, workers=workers)
+    # GPU calls return before the work is done: every timed row ends by waiting for it
+    synchronize = xp.cuda.Device().synchronize if backend == "cupy" else (lambda: None)
 
     def fft_limit():
         for f, g in zip(sharp, blurred, strict=False):
-            scipy.fft.rfft2(f, workers=workers)
-            scipy.fft.rfft2(g, workers=workers)
+            fft.rfft2(xp.asarray(f, dtype=xp.float64))
+            fft.rfft2(xp.asarray(g, dtype=xp.float64))
+        synchronize()
 
     def pooled_per_field():
         return sum(
             field_spectra(f, g, reference_background=100.0, defocused_background=100.0,
-                          backend="numpy", workers=workers)
+                          backend=backend, workers=workers)
             for f, g in zip(sharp, blurred, strict=False)
         )
 
     def pooled_stack():
         return field_spectra(sharp, blurred, reference_background=100.0, defocused_background=100.0,
-                             backend="numpy", workers=workers)
+                             backend=backend, workers=workers)
 
     def pooled_wells():
         total = pooled_per_field()
@@ -95,18 +105,19 @@ def main(argv: list[str] | None = None) -> int:
             recover_psf(total, shape, optics)
 
     def naive():
-        mean = np.zeros(shape, complex)
+        mean = xp.zeros(shape, complex)
         for f, g in zip(sharp, blurred, strict=False):
-            fh = scipy.fft.fft2(f.astype(np.float64) - 100.0, workers=workers)
-            gh = scipy.fft.fft2(g.astype(np.float64) - 100.0, workers=workers)
-            power = np.abs(fh) ** 2
-            mean += np.conj(fh) * gh / (power + 1e-3 * np.median(power))
+            fh = fft.fft2(xp.asarray(f, dtype=xp.float64) - 100.0)
+            gh = fft.fft2(xp.asarray(g, dtype=xp.float64) - 100.0)
+            power = xp.abs(fh) ** 2
+            mean += xp.conj(fh) * gh / (power + 1e-3 * xp.median(power))
+        synchronize()
         return mean / len(sharp)
 
     # the end-of-well recover_psf (projection + fit) once, untimed, so its caches are warm
     recover_psf(pooled_stack(), shape, optics)
     start = time.perf_counter()
-    recover_psf(field_spectra(sharp[:1], blurred[:1], backend="numpy"), shape, optics)
+    recover_psf(field_spectra(sharp[:1], blurred[:1], backend=backend), shape, optics)
     recover_s = time.perf_counter() - start
 
     rates = best_rates(
@@ -121,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats,
     )
     limit = rates["rfft2 limit (2 per field)"]
+    where = "GPU (cupyx.scipy.fft)" if backend == "cupy" else f"CPU, scipy.fft workers={workers}"
     print(f"PSF throughput, {args.fields} fields of {shape[1]}x{shape[0]} (X x Y), "
-          f"scipy.fft workers={workers}, BLAS threads={os.environ['OPENBLAS_NUM_THREADS']}, "
+          f"{where}, BLAS threads={os.environ['OPENBLAS_NUM_THREADS']}, "
           f"best of {args.repeats} interleaved rounds")
     print(f"{'method':34s} {'fields/s':>9s} {'/ limit':>8s}")
     for name, rate in rates.items():

@@ -571,6 +571,9 @@ def _run_attrs(plan: _Plan, command_line: str | None) -> dict[str, Any]:
         "optics": json.dumps(job.optics.to_dict()),
         "reference": job.reference,
         "psf_estimate": "K_z / K_0 (relative to the in-focus image) inside the passband",
+        # "auto": CuPy on the workers that saw a GPU, NumPy elsewhere (same numbers to 1e-5)
+        "fft_backend": job.backend,
+        "gpu_tasks": int(plan.gpu),
         "model_path": job.model_path,
         "model_name": str(info.get("name", Path(job.model_path).stem)),
         "model_sha256": str(info.get("sha256", "")),
@@ -592,7 +595,7 @@ def run_plate(
     overwrite: bool = False,
     wells: Sequence[str] | None = None,
     gpu: bool = False,
-    backend: str = "numpy",
+    backend: str | None = None,
     max_wells_in_flight: int | None = None,
     on_well_done: Callable[[str, int, int], None] | None = None,
     command_line: str | None = None,
@@ -620,8 +623,10 @@ def run_plate(
     gpu : bool
         Annotate the U-Net and FFT tasks with the ``GPU`` resource so they run
         only on workers started with ``--resources GPU=1``.
-    backend : {"numpy", "cupy", "auto"}
-        Array backend of the FFT step (see :mod:`plate_refocus.xp`).
+    backend : {"numpy", "cupy", "auto"}, optional
+        Array backend of the FFT step (see :mod:`plate_refocus.xp`). By
+        default ``"auto"`` with ``gpu`` (CuPy on workers that see a GPU) and
+        ``"numpy"`` without, so a CPU run never grabs a GPU it was not given.
     max_wells_in_flight : int, optional
         Wells submitted at once (default: twice the number of workers), which
         bounds the memory a run holds.
@@ -640,6 +645,8 @@ def run_plate(
     plate_path, out = Path(plate), Path(out)
     if out.resolve() == plate_path.resolve():
         raise OutputExistsError("the output path is the input plate; choose another path")
+    if backend is None:
+        backend = "auto" if gpu else "numpy"
     plan = _resolve(plate_path, out, model=model, channel=channel, reference=reference,
                     backend=backend, gpu=gpu)
     names = [str(w) for w in plan.plate.coords["well"].values]
