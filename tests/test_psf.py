@@ -265,11 +265,15 @@ def test_any_unit_kernel_is_recovered_at_high_snr(case):
     full[: kernel.shape[0], : kernel.shape[1]] = kernel
     full = np.roll(full, (-(kernel.shape[0] // 2), -(kernel.shape[1] // 2)), axis=(0, 1))
     blurred = np.real(np.fft.ifft2(np.fft.fft2(image) * np.fft.fft2(full)))
-    blurred += np.random.default_rng(0).normal(0, 1e-6, blurred.shape)  # high SNR
+    sigma = 1e-6
+    blurred += np.random.default_rng(0).normal(0, sigma, blurred.shape)  # high SNR
     spectra = field_spectra(image, blurred, edges="none")
     estimate = spectra.numerator / (spectra.denominator + 1e-12 * spectra.denominator.mean())
     truth = np.fft.rfft2(full)
-    assert np.abs(estimate - truth).max() < 1e-3
+    # the noise's Fourier coefficients have rms n * sigma; divided by |F| it is the estimate's
+    # error, large only where a random image happens to have almost no power (8 rms: never)
+    allowed = 1e-3 + 8 * n * sigma / np.sqrt(spectra.denominator)
+    assert np.all(np.abs(estimate - truth) <= allowed)
     assert estimate[0, 0].real == pytest.approx(1.0, abs=1e-6)
     # and the spatial kernel, recovered without any optics (support estimated from the data)
     est = recover_psf(spectra, (n, n), None, pixel_size_um=0.3, psf_size=kernel.shape[0])
