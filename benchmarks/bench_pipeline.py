@@ -90,8 +90,8 @@ def _bare_loop(plate: Path, model_path: str | None) -> tuple[float, int]:
         for z in range(pixels.shape[2]):
             spectra = []
             for f in range(pixels.shape[1]):
+                out = model.predict(pixels[w, f, z])
                 raw = pixels[w, f, z].astype(np.float32)
-                out = model.predict(raw)
                 spectra.append(field_spectra(out.astype(np.float64), raw.astype(np.float64),
                                              reference_background=offset,
                                              defocused_background=offset, backend="numpy"))
