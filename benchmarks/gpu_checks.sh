@@ -5,7 +5,9 @@
 # too large to carry there). Keras and its two missing dependencies travel as wheels in .whl/:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl keras==3.15.1 namex optree
 # Usage (on that machine, repository root):  bash benchmarks/gpu_checks.sh [OUTDIR] [SECTIONS]
-# SECTIONS: which of the numbered checks below to run (default "1 2 3 4").
+# SECTIONS: which of the numbered checks below to run (default "1 2 3 4"). In check 4,
+# GPU_RUN_WORKERS sets the GPU run's local cluster (default "--workers 16") and CPU_RUN=0
+# skips the CPU run and the comparison.
 set -uo pipefail
 out=${1:-/tmp/gpu_checks}
 sections=" ${2:-1 2 3 4} "
@@ -46,10 +48,10 @@ if want 4 && KERAS_BACKEND=jax python3 -c "import keras, distributed, zarr, xarr
     $cli simulate $plate --rows 8 --columns 12 --fields 2 --size 512 --depths 0,4,10,20,30 \
         --channels nuclei --workers 16 --no-progress 2>&1 | tail -2
     KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 200 \
-        $cli run $plate /tmp/run_gpu.zarr --gpu --workers 16 2>&1 | grep -E "^(done|dashboard)|Error" | tee "$out/pipeline.txt"
-    KERAS_BACKEND=jax JAX_PLATFORMS=cpu PLATE_REFOCUS_NO_GPU=1 timeout 200 \
+        $cli run $plate /tmp/run_gpu.zarr --gpu ${GPU_RUN_WORKERS:---workers 16} 2>&1 | grep -E "^(done|dashboard)|Error" | tee "$out/pipeline.txt"
+    [[ ${CPU_RUN:-1} == 1 ]] && KERAS_BACKEND=jax JAX_PLATFORMS=cpu PLATE_REFOCUS_NO_GPU=1 timeout 200 \
         $cli run $plate /tmp/run_cpu.zarr --workers 16 2>&1 | grep -E "^(done|dashboard)|Error" | tee -a "$out/pipeline.txt"
-    python3 - <<'PY' 2>&1 | tee -a "$out/pipeline.txt"
+    [[ ${CPU_RUN:-1} == 1 ]] && python3 - <<'PY' 2>&1 | tee -a "$out/pipeline.txt"
 import numpy as np
 import xarray as xr
 gpu, cpu = xr.open_zarr("/tmp/run_gpu.zarr"), xr.open_zarr("/tmp/run_cpu.zarr")
