@@ -148,16 +148,25 @@ def ssim(
     return float(s[radius:-radius, radius:-radius].mean())
 
 
-def sharpness(image: np.ndarray) -> float:
-    """A no-reference focus measure: variance of the Laplacian over the mean squared intensity.
+def sharpness(image: np.ndarray, *, sigma: float = 2.0) -> float:
+    """A no-reference focus measure: the share of the image's variance in fine detail.
 
-    Higher is sharper. Dividing by the mean square makes it independent of
-    the intensity scale, so a refocused image (float) and its input (uint16)
+    ``var(LoG_sigma(image)) / var(image)``, with ``LoG_sigma`` the Laplacian
+    of a Gaussian of `sigma` pixels. Higher is sharper. The LoG passes a band
+    around ``1 / (pi sigma sqrt(2))`` cycles/pixel (0.11 for 2 px): detail that
+    defocus removes first, below the pixel-scale band where shot noise
+    dominates, so a noisy plane is not scored sharp for its noise (the plain
+    Laplacian over the mean square, used before, rose with defocus on
+    simulated 2000-photon fields: noise, not detail). Dividing by the variance
+    makes it independent of the intensity scale and of any offset, so a
+    refocused plane (float) and its camera input (uint16 with an offset)
     compare directly.
 
     Parameters
     ----------
     image : (Y, X) array_like
+    sigma : float
+        Scale of the detail measured, in pixels.
 
     Returns
     -------
@@ -169,11 +178,13 @@ def sharpness(image: np.ndarray) -> float:
         raise ValueError(f"sharpness needs a 2-D image (Y, X), got shape {img.shape!r}")
     if not np.isfinite(img).all():
         raise ValueError("image contains NaN or infinite values")
-    lap = ndimage.laplace(img, mode="reflect")
-    power = float(np.mean(img**2))
-    if power == 0:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma must be a positive number of pixels, got {sigma!r}")
+    variance = float(np.var(img))
+    if variance == 0:
         return 0.0
-    return float(np.var(lap) / power)
+    detail = ndimage.gaussian_laplace(img, float(sigma), mode="reflect")
+    return float(np.var(detail) / variance)
 
 
 # --- evaluation against ground truth ---------------------------------------------------------

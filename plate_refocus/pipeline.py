@@ -439,7 +439,10 @@ _ATTRS = {
     "psf": {"long_name": "recovered spatial PSF, centred, sums to 1"},
     "defocus_um": {"long_name": "fitted |defocus| from the OTF", "units": "um"},
     "defocus_err_um": {"long_name": "uncertainty of defocus_um", "units": "um"},
-    "sharpness": {"long_name": "no-reference sharpness of input and refocused planes"},
+    "sharpness": {
+        "long_name": "no-reference focus measure of input and refocused planes, higher is sharper: "
+        "var(LoG_2px(image)) / var(image) (plate_refocus.metrics.sharpness)",
+    },
     "psnr": {"long_name": "PSNR against the ground-truth in-focus image", "units": "dB"},
     "ssim": {"long_name": "SSIM against the ground-truth in-focus image"},
     "well_done": {"long_name": "1 once every variable of the well is written (for resuming)"},

@@ -45,15 +45,32 @@ def test_ssim_drops_with_blur():
     assert ssim(a, ndimage.gaussian_filter(a, 3), data_range=4095) < ssim(a, ndimage.gaussian_filter(a, 1), data_range=4095)
 
 
-def test_sharpness_orders_blur_and_ignores_scale():
-    a = np.random.default_rng(4).random((64, 64)) * 1000 + 100
+def test_sharpness_orders_blur_and_ignores_scale_and_offset():
+    a = _field(4).astype(np.float64)  # structure, not white noise (which has no detail band)
     s0 = sharpness(a)
     s1 = sharpness(ndimage.gaussian_filter(a, 1))
     s2 = sharpness(ndimage.gaussian_filter(a, 3))
     assert s0 > s1 > s2 > 0
     assert sharpness(3.0 * a) == pytest.approx(s0)
+    assert sharpness(a + 500.0) == pytest.approx(s0)  # a camera offset changes nothing
     assert sharpness(np.full((8, 8), 7.0)) == 0.0
     assert sharpness(np.zeros((8, 8))) == 0.0
+
+
+def test_sharpness_is_not_fooled_by_shot_noise():
+    # Cell-like blobs imaged with Poisson noise: the in-focus plane must score higher than a
+    # defocused one at the same photon count (the noise is whiter in both), and close to the
+    # noise-free in-focus image.
+    rng = np.random.default_rng(5)
+    obj = np.zeros((128, 128))
+    obj[tuple(rng.integers(0, 128, (2, 60)))] = 1.0
+    obj = ndimage.gaussian_filter(obj, 2.5)
+    obj *= 300 / obj.max()
+    for blur in (2.0, 4.0, 8.0):
+        sharp = rng.poisson(obj + 20.0).astype(float)
+        blurred = rng.poisson(ndimage.gaussian_filter(obj, blur) + 20.0).astype(float)
+        assert sharpness(sharp) > 1.5 * sharpness(blurred), blur
+    assert sharpness(rng.poisson(obj + 20.0)) == pytest.approx(sharpness(obj + 20.0), rel=0.15)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +84,7 @@ def test_sharpness_orders_blur_and_ignores_scale():
         (lambda: ssim(np.zeros((2, 20, 20)), np.zeros((2, 20, 20)), data_range=1), ValueError, "2-D"),
         (lambda: sharpness(np.zeros(5)), ValueError, "2-D"),
         (lambda: sharpness(np.full((4, 4), np.nan)), ValueError, "NaN"),
+        (lambda: sharpness(np.ones((4, 4)), sigma=0), ValueError, "sigma"),
     ],
 )
 def test_metrics_reject_bad_input(call, error, match):
