@@ -51,6 +51,8 @@ _LAZY = {
     "run_plate": "pipeline",
     "open_results": "pipeline",
     "start_client": "cluster",
+    "write_report": "report",
+    "depth_summary": "report",
 }
 
 __all__ = [

@@ -620,6 +620,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="summarise a results store: a per-depth table and figures",
+        description="Print, per depth, the fitted |defocus| over wells and the image-quality "
+        "gains of the results store RESULTS, and write summary.md, focus_map.png (the plate's "
+        "fitted defocus per well), well_<WELL>.png (OTF profiles and PSFs) and quality.png "
+        "into DIR. Reads only the small variables; RESULTS is not modified.",
+    )
+    p.add_argument("results", metavar="RESULTS", help="a results store from 'plate-refocus run'")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="folder for the files (default: RESULTS without .zarr, plus -report)")
+    p.add_argument("--well", default=None, help="the well to draw OTFs and PSFs of (default: the first)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import depth_summary, format_summary, write_report
+
+    results = Path(args.results)
+    out = Path(args.out) if args.out else results.with_name(results.stem + "-report")
+    files = write_report(results, out, well=args.well)
+    print(format_summary(depth_summary(results)))
+    for path in files.values():
+        print(f"wrote {path}")
+    return 0
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 _COMMANDS: list[tuple[str, Callable]] = []  # (name, _add_<name>) in --help order
@@ -630,6 +660,7 @@ _COMMANDS.append(("run", _add_run))
 _COMMANDS.append(("demo", _add_demo))
 _COMMANDS.append(("train", _add_train))
 _COMMANDS.append(("evaluate", _add_evaluate))
+_COMMANDS.append(("report", _add_report))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -105,3 +105,16 @@ def tiny_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
     save_model(RefocusModel(build_unet(config, seed=0), info), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def results(tiny_plate, tiny_model, client, tmp_path_factory):
+    """``(path, RunSummary)`` of one pipeline run of :func:`tiny_plate` with :func:`tiny_model`.
+
+    Read it; do not write to it.
+    """
+    from plate_refocus.pipeline import run_plate
+
+    out = tmp_path_factory.mktemp("results") / "results.zarr"
+    summary = run_plate(tiny_plate, out, client=client, model=tiny_model, command_line="test")
+    return out, summary

@@ -21,15 +21,6 @@ from plate_refocus.optics import Optics
 pytestmark = pytest.mark.timeout(900)
 
 
-@pytest.fixture(scope="session")
-def results(tiny_plate, tiny_model, client, tmp_path_factory):
-    from plate_refocus.pipeline import run_plate
-
-    out = tmp_path_factory.mktemp("results") / "results.zarr"
-    summary = run_plate(tiny_plate, out, client=client, model=tiny_model, command_line="test")
-    return out, summary
-
-
 def test_dataset_layout_coordinates_and_attributes(results, tiny_plate):
     from plate_refocus import open_results
     from plate_refocus.plate import open_plate
