@@ -290,9 +290,29 @@ def percentile_range(image: np.ndarray, percentiles: Sequence[float] = (1.0, 99.
         ``high`` is raised to ``low + max(1e-6 * |low|, 1e-6)`` for a flat image,
         so the normalisation never divides by zero.
     """
-    lo, hi = np.percentile(np.asarray(image, dtype=np.float64), percentiles)
+    image = np.asarray(image)
+    if image.dtype in (np.uint8, np.uint16) and image.size > 1:
+        lo, hi = _integer_percentiles(image, percentiles)
+    else:
+        lo, hi = np.percentile(np.asarray(image, dtype=np.float64), percentiles)
     hi = max(float(hi), float(lo) + max(_EPS * abs(float(lo)), _EPS))
     return float(lo), hi
+
+
+def _integer_percentiles(image: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
+    """``np.percentile`` (linear method) of a uint8/uint16 image from its histogram.
+
+    Camera planes are integers: counting them (``bincount``) and reading the two
+    order statistics around each rank gives the same numbers as sorting, about
+    ten times faster, which matters where the network itself is fast (a GPU).
+    """
+    cumulative = np.cumsum(np.bincount(image.ravel()))
+    rank = (image.size - 1) * np.asarray(percentiles, dtype=np.float64) / 100.0
+    below = np.floor(rank)
+    # the k-th smallest value (0-based) is the first bin whose cumulative count exceeds k
+    lower = np.searchsorted(cumulative, below, side="right").astype(np.float64)
+    upper = np.searchsorted(cumulative, np.minimum(below + 1, image.size - 1), side="right")
+    return lower + (rank - below) * (upper - lower)
 
 
 def normalize(image: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -293,6 +293,6 @@ def test_pipeline_sends_unet_tasks_only_to_gpu_workers(mixed_client, tiny_model,
                   gpu=True)
     finally:
         mixed_client.cluster.scheduler.remove_plugin(name="where-tasks-ran")
-    planes = {k: w for k, w in recorder.ran_on.items() if k.startswith("plane-")}
-    assert len(planes) == 2 * 2 * 2  # wells x fields x depths: every U-Net task was seen
-    assert set(planes.values()) == {"gpu"}, planes
+    unet = {k: w for k, w in recorder.ran_on.items() if k.startswith("depth-")}
+    assert len(unet) == 2 * 2  # wells x depths: every U-Net (and FFT) task was seen
+    assert set(unet.values()) == {"gpu"}, unet

@@ -136,8 +136,8 @@ def test_building_well_graphs_computes_nothing_and_stays_small(tiny_plate, tiny_
     with dask.config.set(scheduler=refuse):
         graph = dict(well_graph(plan, 0).__dask_graph__())
         total, largest, tasks = plate_graph_size(plan)
-    # 2 fields x 3 depths: 6 plane tasks, 3 depth reductions, 1 writer per well.
-    assert len(graph) == 10 and tasks == 20
+    # 3 depths: 3 depth tasks (U-Net on both fields, PSF, quality), 1 writer per well.
+    assert len(graph) == 4 and tasks == 8
     # The model travels as a path and pixels are read by the tasks: nothing heavy is pickled.
     payload = cloudpickle.dumps(graph)
     assert b"keras.src" not in payload and b"tensorflow" not in payload

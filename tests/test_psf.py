@@ -429,6 +429,18 @@ def test_radial_otf_default_grid_is_converged_for_a_wide_blur():
         radial_otf(freq, 1.0, SECOND, grid=3)
 
 
+@pytest.mark.parametrize("optics", [Optics(), SECOND, Optics(na=0.75, wavelength_um=0.5, pixel_size_um=0.1)])
+@pytest.mark.parametrize("z", [0.0, 7.0, 60.0])
+def test_hankel_node_count_follows_the_oscillations(monkeypatch, optics, z):
+    # the adaptive Gauss-Legendre rule gives what a dense 1024-node rule gives
+    from plate_refocus import psf
+
+    freq = np.linspace(0, optics.cutoff, 200)
+    adaptive = model_radial_otf(freq, z, optics)
+    monkeypatch.setattr(psf, "_hankel_nodes", lambda n_radii, phase_cycles: 1024)
+    np.testing.assert_allclose(adaptive, model_radial_otf(freq, z, optics), atol=1e-10)
+
+
 def test_hankel_model_in_focus_is_the_circular_pupil_autocorrelation():
     optics = Optics()
     freq = np.linspace(0, optics.cutoff, 60)

@@ -12,6 +12,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plate_refocus.errors import (
     ModelError,
@@ -200,6 +202,27 @@ def test_normalisation_round_trip():
     # a flat image does not divide by zero
     lo, hi = percentile_range(np.full((8, 8), 5.0))
     assert hi > lo and np.isfinite(normalize(np.full((8, 8), 5.0), lo, hi)).all()
+
+
+@given(
+    shape=st.tuples(st.integers(1, 40), st.integers(2, 40)),
+    dtype=st.sampled_from([np.uint8, np.uint16]),
+    spread=st.integers(0, 4095),
+    low=st.floats(0, 100),
+    high=st.floats(0, 100),
+    seed=st.integers(0, 2**31 - 1),
+)
+@settings(max_examples=60, deadline=None)
+def test_integer_percentiles_equal_numpy(shape, dtype, spread, low, high, seed):
+    # camera planes take the histogram path; it must give np.percentile's numbers
+    spread = min(spread, np.iinfo(dtype).max)
+    low, high = sorted((low, high))
+    image = np.random.default_rng(seed).integers(0, spread, shape, endpoint=True).astype(dtype)
+    expected = np.percentile(image.astype(np.float64), (low, high))
+    lo, hi = percentile_range(image, (low, high))
+    assert lo == pytest.approx(expected[0], rel=1e-12, abs=1e-9)
+    if expected[1] > expected[0]:
+        assert hi == pytest.approx(expected[1], rel=1e-12, abs=1e-9)
 
 
 @pytest.mark.parametrize(
