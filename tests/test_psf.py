@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from plate_refocus.optics import Optics, defocus_otf, radial_otf
 from plate_refocus.psf import (
+    WINDOW_MODEL_BINS,
     PSFEstimate,
     estimate_psf,
     expand_isotropic,
@@ -74,14 +75,15 @@ def rel_l2(a, b, mask):
 
 def test_stack_equals_sum_of_fields_and_builtin_sum_works():
     rng = np.random.default_rng(0)
-    ref = rng.uniform(1, 2, (3, 32, 40))
-    dfc = rng.uniform(1, 2, (3, 32, 40))
+    ref = rng.uniform(1, 2, (3, 64, 70))
+    dfc = rng.uniform(1, 2, (3, 64, 70))
     whole = field_spectra(ref, dfc)
     parts = sum(field_spectra(r, d) for r, d in zip(ref, dfc, strict=False))
     assert whole.count == parts.count == 3
-    assert whole.shape == (32, 21)
+    assert whole.shape == (64, 36)
     np.testing.assert_allclose(parts.numerator, whole.numerator, rtol=1e-12)
     np.testing.assert_allclose(parts.denominator, whole.denominator, rtol=1e-12)
+    np.testing.assert_allclose(parts.window_terms, whole.window_terms, rtol=1e-12)
 
 
 _ORDER_FIELDS = []
@@ -92,13 +94,14 @@ _ORDER_FIELDS = []
 def test_result_does_not_depend_on_field_order(order):
     optics = Optics()
     if not _ORDER_FIELDS:
-        _ORDER_FIELDS.extend(padded_blur((48, 48), 6.0, optics, seed) for seed in range(5))
+        _ORDER_FIELDS.extend(padded_blur((64, 64), 6.0, optics, seed) for seed in range(5))
     fields = _ORDER_FIELDS
     spectra = [field_spectra(o, g) for o, g in fields]
     a, b = sum(spectra), sum(spectra[i] for i in order)
+    assert a.window_terms is not None
     np.testing.assert_allclose(b.numerator, a.numerator, rtol=1e-12)
-    ref = recover_psf(a, (48, 48), optics, fit=False)
-    perm = recover_psf(b, (48, 48), optics, fit=False)
+    ref = recover_psf(a, (64, 64), optics, fit=False)
+    perm = recover_psf(b, (64, 64), optics, fit=False)
     np.testing.assert_allclose(perm.otf_radial, ref.otf_radial, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(perm.psf, ref.psf, rtol=1e-9, atol=1e-12)
 
@@ -113,7 +116,7 @@ def test_adding_spectra_of_other_shapes_is_refused():
 def test_dask_distributed_reduction_matches_local_sum():
     distributed = pytest.importorskip("distributed")
     rng = np.random.default_rng(1)
-    pairs = [(rng.uniform(1, 3, (24, 24)), rng.uniform(1, 3, (24, 24))) for _ in range(4)]
+    pairs = [(rng.uniform(1, 3, (64, 64)), rng.uniform(1, 3, (64, 64))) for _ in range(4)]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         futures = [client.submit(field_spectra, r, d, backend="numpy", pure=False) for r, d in pairs]
@@ -121,6 +124,7 @@ def test_dask_distributed_reduction_matches_local_sum():
     local = sum(field_spectra(r, d) for r, d in pairs)
     assert total.count == 4
     np.testing.assert_allclose(total.numerator, local.numerator, rtol=1e-12)
+    np.testing.assert_allclose(total.window_terms, local.window_terms, rtol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -203,6 +207,46 @@ def test_taper_removes_the_mean_everywhere_but_dc(shape, taper):
     assert np.abs(shifted.denominator - base.denominator)[off_dc].max() <= 1e-9 * scale
     assert np.abs(shifted.numerator - base.numerator)[off_dc].max() <= 1e-9 * scale
     assert shifted.denominator[0, 0] > 10 * base.denominator[0, 0]  # the flux stays at DC
+
+
+@pytest.mark.parametrize("shape", [(64, 80), (65, 77)])
+def test_window_terms_split_the_denominator(shape):
+    # sum_c conj(F_w) W(c) F(nu - c) = |F_w|^2: the 3 x 3 taps are the whole Hann window
+    rng = np.random.default_rng(3)
+    spectra = field_spectra(rng.uniform(0, 10, (2, *shape)), rng.uniform(0, 10, (2, *shape)))
+    size = WINDOW_MODEL_BINS
+    block = spectra.denominator[np.arange(-size, size + 1) % shape[0], : size + 1]
+    total = spectra.window_terms.sum(axis=0)
+    block[size, 0] = 0.0  # the zero frequency is not modelled
+    np.testing.assert_allclose(total.real, block, atol=1e-12 * block.max())
+    assert np.abs(total.imag).max() <= 1e-12 * block.max()
+
+
+def test_window_model_is_exact_for_periodic_images():
+    # g = f (*) k periodically with an isotropic k whose support lies in the modelled block:
+    # the window model recovers k to rounding, the plain ratio of windowed spectra does not.
+    optics = Optics(pixel_size_um=0.1)
+    shape = (64, 80)
+    freq = radial_frequencies(shape, 0.1)
+    truth = model_radial_otf(freq, 3.0, optics)
+    otf = expand_isotropic(truth, shape, 0.1, support=optics.cutoff)
+    objects = [blobs(shape, seed, n=10) for seed in range(2)]
+    spectra = sum(field_spectra(o, np.fft.irfft2(np.fft.rfft2(o) * otf, s=shape)) for o in objects)
+    band = freq < optics.cutoff
+    exact = recover_psf(spectra, shape, optics, mu=0.0, fit=False).otf_radial
+    plain = recover_psf(dataclasses.replace(spectra, window_terms=None), shape, optics, mu=0.0,
+                        fit=False).otf_radial
+    assert np.abs(exact - truth)[band].max() < 1e-8
+    assert np.abs(plain - truth)[band].max() > 1e-2
+
+
+def test_spectra_with_and_without_window_terms_do_not_add():
+    rng = np.random.default_rng(4)
+    a = field_spectra(rng.uniform(1, 2, (64, 64)), rng.uniform(1, 2, (64, 64)))
+    b = field_spectra(rng.uniform(1, 2, (64, 64)), rng.uniform(1, 2, (64, 64)), taper=0.25)
+    assert a.window_terms is not None and b.window_terms is None
+    with pytest.raises(ValueError, match="window terms"):
+        a + b
 
 
 def test_a_bright_floor_does_not_bias_the_recovered_otf():
@@ -511,6 +555,7 @@ def test_cupy_path_agrees_with_numpy():
     np.testing.assert_allclose(gpu.denominator, cpu.denominator, rtol=1e-5)
     scale = np.abs(cpu.numerator).max()
     assert np.abs(gpu.numerator - cpu.numerator).max() <= 1e-5 * scale
+    assert np.abs(gpu.window_terms - cpu.window_terms).max() <= 1e-5 * np.abs(cpu.window_terms).max()
     a = recover_psf(cpu, (128, 128), optics)
     b = recover_psf(gpu, (128, 128), optics)
     np.testing.assert_allclose(b.otf_radial, a.otf_radial, rtol=1e-5, atol=1e-7)
