@@ -233,8 +233,16 @@ def _radial_otf(freq: tuple[float, ...], z_um: float, optics: Optics, grid: int)
     return out
 
 
+def _auto_grid(z_um: float, optics: Optics) -> int:
+    """Grid for :func:`radial_otf`: a power of two in 1024-4096, FOV >= 8 blur diameters if it can."""
+    fine_dx = min(optics.pixel_size_um, 0.25 / optics.cutoff)
+    tan = optics.na / math.sqrt(optics.immersion_index**2 - optics.na**2)
+    needed = 8.0 * 2.0 * abs(z_um) * tan / fine_dx
+    return min(4096, max(1024, 1 << int(math.ceil(math.log2(max(needed, 1.0))))))
+
+
 def radial_otf(
-    freq: np.ndarray, z_um: float, optics: Optics = Optics(), *, grid: int = 1024
+    freq: np.ndarray, z_um: float, optics: Optics = Optics(), *, grid: int | None = None
 ) -> np.ndarray:
     """The isotropic defocus OTF ``K_z(|nu|)`` at radial frequencies ``freq``.
 
@@ -248,12 +256,22 @@ def radial_otf(
         Radial frequencies in cycles/um.
     z_um : float
     optics : Optics
-    grid : int
+    grid : int, optional
         Size of the auxiliary grid; its field of view must exceed the blur.
+        Default: the smallest power of two >= 1024 whose field of view is at
+        least eight blur diameters ``2 |z| tan(asin(NA / n))``, at most 4096
+        (256 MB, about a second). A fixed 1024
+        was 1.0 % off (relative L2 inside 0.8 x cutoff, against a 4096 grid)
+        at NA 0.45, 30 um; the automatic grid keeps it below 0.25 %.
 
     Returns
     -------
     otf : (F,) ndarray of float64
     """
     freq = tuple(float(f) for f in np.ravel(freq))
-    return _radial_otf(freq, abs(float(z_um)), optics, int(grid))
+    z = abs(float(z_um))
+    if grid is None:
+        grid = _auto_grid(z, optics)
+    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 8:
+        raise ValueError(f"grid must be an int >= 8 or None, got {grid!r}")
+    return _radial_otf(freq, z, optics, int(grid))
