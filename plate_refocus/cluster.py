@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -582,14 +583,18 @@ class _JobKeeper:
 
     dask-jobqueue's cluster keeps a job in its plan after the job is gone, so
     neither ``scale`` nor ``adapt`` would submit a replacement. Every few
-    seconds this drops jobs that were running and are no longer known to the
-    cluster from the plan, then rescales (fixed size) or lets the adaptive
-    loop scale up.
+    seconds this drops from the plan the jobs that were running and are gone,
+    then rescales (fixed size) or lets the adaptive loop scale up. A job is
+    gone when the cluster has dropped it, or when none of its workers has been
+    connected to the scheduler for ``distributed.deploy.lost-worker-timeout``
+    (the cluster's own bookkeeping of lost workers can miss one, and then the
+    job would never be replaced).
     """
 
     def __init__(self, cluster: Any, interval: float = _KEEPER_INTERVAL_S):
         self._cluster = cluster
         self._seen: set = set()
+        self._last_connected: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True,
                                         name="plate-refocus-job-keeper")
@@ -609,6 +614,7 @@ class _JobKeeper:
         current = set(cluster.workers)
         lost = (self._seen - current) & set(cluster.worker_spec)
         self._seen |= current
+        lost |= self._disconnected_jobs()
         if not lost:
             return
         log.warning("worker jobs ended: %s; submitting replacements", sorted(map(str, lost)))
@@ -618,6 +624,24 @@ class _JobKeeper:
         jobs = getattr(cluster, "_plate_refocus_jobs", None)
         if jobs:
             cluster.scale(jobs=jobs)
+
+    def _disconnected_jobs(self) -> set:
+        """Jobs of the plan with no worker connected for longer than the lost-worker timeout."""
+        cluster, now = self._cluster, time.monotonic()
+        workers = getattr(cluster, "scheduler_info", {}).get("workers", {}).values()
+        names = [str(w.get("name", "")) for w in workers]
+        from dask.utils import parse_timedelta
+
+        grace = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
+        gone = set()
+        for job in list(cluster.worker_spec):
+            # a job of several processes names its workers "<job>-0", "<job>-1", ...
+            if any(n == str(job) or n.startswith(f"{job}-") for n in names):
+                self._last_connected[job] = now
+            elif job in self._last_connected and now - self._last_connected[job] >= grace:
+                gone.add(job)
+                del self._last_connected[job]
+        return gone
 
     def stop(self) -> None:
         self._stop.set()
