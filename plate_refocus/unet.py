@@ -42,12 +42,16 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
+import re
+import sys
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -786,13 +790,55 @@ def load_model(path: str | os.PathLike | None = None) -> RefocusModel:
             f"model file {str(path)!r} has SHA-256 {digest[:12]}... but its metadata says "
             f"{info.sha256[:12]}...; the weights and the JSON do not belong together"
         )
-    import keras
+    with native_startup_lines_to_log():
+        import keras
 
-    try:
-        keras_model = keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as error:  # noqa: BLE001 - Keras raises many kinds for bad archives
-        raise ModelError(
-            f"cannot load model file {str(path)!r} in Keras safe mode: {error}. Files with Lambda "
-            "layers or custom code are refused; use a model written by `plate-refocus train`"
-        ) from error
+        try:
+            keras_model = keras.models.load_model(path, compile=False, safe_mode=True)
+        except Exception as error:  # noqa: BLE001 - Keras raises many kinds for bad archives
+            raise ModelError(
+                f"cannot load model file {str(path)!r} in Keras safe mode: {error}. Files with "
+                "Lambda layers or custom code are refused; use a model written by `plate-refocus train`"
+            ) from error
     return RefocusModel(keras_model, info)
+
+
+#: TensorFlow's native start-up lines: absl INFO/WARNING records, its banner, the CPU-feature
+#: hint, and the CUDA probes that fail on every machine without a GPU driver.
+_STARTUP_NOISE = re.compile(
+    r"^(?:[IW]\d{4} |WARNING: All log messages before absl::InitializeLog|To enable the following "
+    r"instructions|E\d{4} .*(?:cuInit|Unable to register cu\w+ factory))"
+)
+
+
+@contextlib.contextmanager
+def native_startup_lines_to_log() -> Any:
+    """Send TensorFlow's native start-up lines to this module's logger instead of the terminal.
+
+    TensorFlow's C++ code prints a dozen lines (oneDNN, CPU features, "could
+    not find cuda drivers", "failed call to cuInit") straight to file
+    descriptor 2 when it starts, ignoring ``TF_CPP_MIN_LOG_LEVEL`` (TensorFlow
+    issue #100442), once per Dask worker. While Keras loads, descriptor 2 is
+    captured; those lines go to the ``plate_refocus.unet`` logger at DEBUG
+    and every other line is written back to stderr unchanged. Set
+    ``PLATE_REFOCUS_TF_LOGS=1`` (inherited by local workers) to leave stderr alone.
+    """
+    if os.environ.get("PLATE_REFOCUS_TF_LOGS"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if _STARTUP_NOISE.match(line):
+                    log.debug("TensorFlow: %s", line)
+                elif line.strip():
+                    print(line, file=sys.stderr)

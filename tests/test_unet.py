@@ -385,3 +385,29 @@ def test_saving_a_compiled_model_drops_the_optimizer(tmp_path):
     assert abs(a - b) < 0.1 * a
     image = _image((32, 32))
     np.testing.assert_array_equal(load_model(tmp_path / "compiled.keras").predict(image), plain.predict(image))
+
+
+def test_native_startup_lines_go_to_the_log_and_other_lines_pass(capfd, caplog, monkeypatch):
+    import logging
+    import os
+
+    from plate_refocus.unet import native_startup_lines_to_log
+
+    monkeypatch.delenv("PLATE_REFOCUS_TF_LOGS", raising=False)
+    noise = ("I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on.\n"
+             "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+             "E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n")
+    with caplog.at_level(logging.DEBUG, logger="plate_refocus.unet"):
+        with native_startup_lines_to_log():
+            os.write(2, noise.encode())
+            os.write(2, b"E0000 00:00:1.0 1 other.cc:1] a real error\n")
+    err = capfd.readouterr().err
+    assert "a real error" in err  # anything else still reaches the terminal
+    assert "oneDNN" not in err and "cuInit" not in err and "absl" not in err
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "oneDNN" in logged and "cuInit" in logged
+    # opting out leaves stderr alone
+    monkeypatch.setenv("PLATE_REFOCUS_TF_LOGS", "1")
+    with native_startup_lines_to_log():
+        os.write(2, noise.encode())
+    assert "oneDNN" in capfd.readouterr().err
