@@ -639,12 +639,12 @@ def _add_report(subparsers) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .report import depth_summary, format_summary, write_report
+    from .report import write_report
 
     results = Path(args.results)
     out = Path(args.out) if args.out else results.with_name(results.stem + "-report")
     files = write_report(results, out, well=args.well)
-    print(format_summary(depth_summary(results)))
+    print(files["summary"].read_text(), end="")
     for path in files.values():
         print(f"wrote {path}")
     return 0

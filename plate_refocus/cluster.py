@@ -79,7 +79,7 @@ GPU_RESOURCE = "GPU"
 _ACCOUNT_KEYWORD = {"slurm": "account", "pbs": "account", "sge": "project", "lsf": "project",
                     "htcondor": None}
 #: Seconds between checks for worker jobs that died (cancelled, walltime) and need replacing.
-_KEEPER_INTERVAL_S = 5.0
+_KEEPER_INTERVAL_S = 1.0  # cheap: a few dict lookups on the cluster's loop
 _CONNECT_TIMEOUT = "20s"
 
 
@@ -266,10 +266,23 @@ def start_client(kind: str = "local", **options: Any) -> Iterator[Any]:
         cluster.close()
 
 
-@contextlib.contextmanager
-def _attach(scheduler: str, *, tls: bool | None, timeout: str | float) -> Iterator[Any]:
+def _connect(*args: Any, **kwargs: Any) -> Any:
+    """``distributed.Client(*args, **kwargs)``, made the default only once it has connected.
+
+    A Client that fails to connect has already registered itself as the
+    default; it is never closed, so the previous default scheduler is never
+    restored and every later ``.compute()`` in the process fails with "no
+    Client active". A first connection that does not touch the default
+    fails cleanly; only when it succeeds is the default client made.
+    """
     from distributed import Client
 
+    Client(*args, set_as_default=False, **kwargs).close()
+    return Client(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _attach(scheduler: str, *, tls: bool | None, timeout: str | float) -> Iterator[Any]:
     if not isinstance(scheduler, str):
         raise TypeError(f"scheduler must be an address string, got {type(scheduler).__name__}")
     kwargs: dict[str, Any]
@@ -286,7 +299,7 @@ def _attach(scheduler: str, *, tls: bool | None, timeout: str | float) -> Iterat
     if tls is False and scheduler.startswith("tls://"):
         raise ClusterError(f"scheduler {scheduler!r} uses TLS but --no-tls was given")
     try:
-        client = Client(timeout=timeout, **kwargs)
+        client = _connect(timeout=timeout, **kwargs)
     except (OSError, TimeoutError, ValueError, TypeError) as error:
         hint = ""
         if scheduler.startswith("tls://"):
@@ -585,10 +598,10 @@ class _JobKeeper:
     neither ``scale`` nor ``adapt`` would submit a replacement. Every few
     seconds this drops from the plan the jobs that were running and are gone,
     then rescales (fixed size) or lets the adaptive loop scale up. A job is
-    gone when the cluster has dropped it, or when none of its workers has been
-    connected to the scheduler for ``distributed.deploy.lost-worker-timeout``
-    (the cluster's own bookkeeping of lost workers can miss one, and then the
-    job would never be replaced).
+    gone when the cluster has dropped it, or when none of its workers has
+    been connected to the scheduler for ``distributed.deploy.lost-worker-timeout``
+    after the keeper saw one connected (the cluster's own bookkeeping of lost
+    workers missed a job once in CI, and that job was never replaced).
     """
 
     def __init__(self, cluster: Any, interval: float = _KEEPER_INTERVAL_S):

@@ -702,8 +702,16 @@ def run_plate(
     )
 
 
-def open_results(path: str | os.PathLike) -> xr.Dataset:
+def open_results(path: str | os.PathLike, **open_kwargs: Any) -> xr.Dataset:
     """Open a results store lazily (dask-backed); same as ``xr.open_zarr(path)``.
+
+    Parameters
+    ----------
+    path : path
+        A results store written by ``plate-refocus run``.
+    **open_kwargs
+        Passed to :func:`xarray.open_zarr`; e.g. ``chunks=None`` gives lazily
+        loaded NumPy-backed variables that never touch a Dask scheduler.
 
     Raises
     ------
@@ -714,7 +722,7 @@ def open_results(path: str | os.PathLike) -> xr.Dataset:
     if not path.exists():
         raise NotAPlateError(f"no results store at {str(path)!r}; run 'plate-refocus run' first")
     try:
-        ds = xr.open_zarr(path)
+        ds = xr.open_zarr(path, **open_kwargs)
     except Exception as error:  # noqa: BLE001
         raise NotAPlateError(f"{str(path)!r} is not a zarr results store: {error}") from error
     if ds.attrs.get("format") != _RESULTS_FORMAT:

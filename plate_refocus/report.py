@@ -41,7 +41,9 @@ def _open(results: str | os.PathLike | xr.Dataset) -> xr.Dataset:
         return results
     from .pipeline import open_results
 
-    return open_results(results)
+    # No Dask: the summary reads a few small arrays, and must work whatever the
+    # default scheduler of the calling process is (e.g. a client already closed).
+    return open_results(results, chunks=None)
 
 
 def _gain(ds: xr.Dataset, name: str) -> np.ndarray:
@@ -256,9 +258,7 @@ def write_report(
     summary.write_text(format_summary(rows) + "\n")
     # Figures are drawn with matplotlib's Figure (no pyplot): no display and no
     # backend switch, so this also runs on a batch node and inside a notebook.
-    small = ds.isel(well=np.flatnonzero(done))[
-        [v for v in ("defocus_um", "otf_radial", "psf") if v in ds]
-    ].load()
+    small = ds.isel(well=np.flatnonzero(done))[["defocus_um", "otf_radial", "psf"]].load()
     return {
         "summary": summary,
         "focus_map": _plot_focus_map(small, out / "focus_map.png"),

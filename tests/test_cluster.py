@@ -117,16 +117,31 @@ def test_tls_scheduler_refuses_clients_without_its_credentials():
         assert client.submit(np.add, 2, 2).result() == 4
         # Other (valid, self-signed) credentials: the TLS handshake fails.
         with pytest.raises(CommClosedError, match="certificate"):
-            Client(address, security=Security.temporary(), timeout="5s")
+            Client(address, security=Security.temporary(), timeout="5s", set_as_default=False)
         # Plain TCP to the TLS port: the scheduler drops the connection.
         with pytest.raises(OSError):
-            Client(address.replace("tls://", "tcp://"), timeout="5s")
+            Client(address.replace("tls://", "tcp://"), timeout="5s", set_as_default=False)
         # No credentials at all, through our own entry point: a ClusterError.
         with pytest.raises(ClusterError, match="TLS"):
             with cluster.start_client(scheduler=address, timeout="5s"):
                 pass
         # The cluster survived the attempts.
         assert client.submit(np.add, 3, 3).result() == 6
+
+
+def test_a_failed_attach_leaves_no_default_scheduler_behind():
+    # A distributed Client that cannot connect has already made itself the default and is
+    # never closed; without care, every later .compute() in the process fails.
+    with cluster.start_client("local", workers=1, tls=True, dashboard_address=":0") as client:
+        try:
+            with cluster.start_client(scheduler=client.scheduler.address, timeout="5s"):
+                pass
+        except ClusterError:
+            pass
+        else:
+            raise AssertionError("attaching without the TLS credentials should fail")
+    assert dask.config.get("scheduler", None) is None
+    assert da.ones(4, chunks=2).sum().compute() == 4
 
 
 # --- GPU routing ------------------------------------------------------------------------------
