@@ -95,7 +95,7 @@ def _bare_loop(plate: Path, model_path: str | None) -> tuple[float, int]:
             for f in range(pixels.shape[1]):
                 out = model.predict(pixels[w, f, z])
                 raw = pixels[w, f, z].astype(np.float32)
-                spectra.append(field_spectra(out.astype(np.float64), raw.astype(np.float64),
+                spectra.append(field_spectra(out, raw,
                                              reference_background=offset,
                                              defocused_background=offset, backend="numpy"))
                 for image in (raw, out):

@@ -640,11 +640,11 @@ class _JobKeeper:
 
     def _disconnected_jobs(self) -> set:
         """Jobs of the plan with no worker connected for longer than the lost-worker timeout."""
+        from dask.utils import parse_timedelta
+
         cluster, now = self._cluster, time.monotonic()
         workers = getattr(cluster, "scheduler_info", {}).get("workers", {}).values()
         names = [str(w.get("name", "")) for w in workers]
-        from dask.utils import parse_timedelta
-
         grace = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
         gone = set()
         for job in list(cluster.worker_spec):

@@ -197,9 +197,9 @@ def depth_task(
         reference = output
         if job.reference == "focal-plane":
             reference = _read_plane(job, field_paths[f], job.focal_plane).astype(np.float32)
-        field = field_spectra(
-            reference.astype(np.float64),
-            defocused.astype(np.float64),
+        field = field_spectra(  # makes its own float64 copies
+            reference,
+            defocused,
             reference_background=job.background,
             defocused_background=job.background,
             backend=job.backend,
