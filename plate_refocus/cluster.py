@@ -602,11 +602,14 @@ class _JobKeeper:
     been connected to the scheduler for ``distributed.deploy.lost-worker-timeout``
     after the keeper saw one connected (the cluster's own bookkeeping of lost
     workers missed a job once in CI, and that job was never replaced).
+
+    A replacement never takes a lost job's name: see :meth:`_skip_used_names`.
     """
 
     def __init__(self, cluster: Any, interval: float = _KEEPER_INTERVAL_S):
         self._cluster = cluster
         self._seen: set = set()
+        self._retired: set = set()
         self._last_connected: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True,
@@ -634,9 +637,26 @@ class _JobKeeper:
         for name in lost:
             cluster.worker_spec.pop(name, None)
         self._seen -= lost
+        self._retired |= lost
+        self._skip_used_names()
         jobs = getattr(cluster, "_plate_refocus_jobs", None)
         if jobs:
             cluster.scale(jobs=jobs)
+
+    def _skip_used_names(self) -> None:
+        """Move the cluster's job counter past every name a job has had.
+
+        ``SpecCluster.new_worker_spec`` names a new job after the lowest
+        number not in the plan, which is the lost job's own number. The
+        cluster still holds the lost job under that name until the
+        lost-worker timeout, so it would start nothing (the name looks
+        running), then delete whatever holds the name: CI saw a scancel'ed
+        job never replaced this way.
+        """
+        cluster = self._cluster
+        used = self._retired | set(cluster.workers) | set(cluster.worker_spec)
+        while cluster._new_worker_name(cluster._i) in used:
+            cluster._i += 1
 
     def _disconnected_jobs(self) -> set:
         """Jobs of the plan with no worker connected for longer than the lost-worker timeout."""

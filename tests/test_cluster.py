@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -306,6 +307,48 @@ def test_job_keeper_replaces_a_job_whose_workers_left_the_scheduler():
         keeper._disconnected_jobs()
         fake.scheduler_info["workers"] = {}
         assert keeper._disconnected_jobs() == set()  # within the grace period
+
+
+def test_job_keeper_never_gives_a_replacement_the_lost_jobs_name():
+    # CI saw a scancel'ed job never replaced: the keeper dropped the lost job from the plan
+    # before the cluster had dropped it from its running jobs, and SpecCluster's naming gave
+    # the replacement the lost job's name. The cluster saw that name running (nothing to
+    # start), then deleted it at the lost-worker timeout. The fake below uses the real naming
+    # code of distributed and dask-jobqueue and the same bookkeeping as SpecCluster.scale.
+    from functools import partial
+    from types import SimpleNamespace
+
+    from dask_jobqueue.core import JobQueueCluster
+
+    fake = SimpleNamespace(_name="SLURMCluster", _i=0, new_spec={}, workers={}, worker_spec={},
+                           status=SimpleNamespace(name="running"), _plate_refocus_jobs=2,
+                           scheduler_info={"workers": {}})
+    fake._new_worker_name = partial(JobQueueCluster._new_worker_name, fake)
+    fake.new_worker_spec = partial(SpecCluster.new_worker_spec, fake)
+
+    def scale(jobs):
+        while len(fake.worker_spec) < jobs:
+            fake.worker_spec.update(fake.new_worker_spec())
+        for name in set(fake.workers) - set(fake.worker_spec):  # _correct_state: close
+            del fake.workers[name]
+        for name in set(fake.worker_spec) - set(fake.workers):  # _correct_state: start
+            fake.workers[name] = f"job started as {name}"
+
+    fake.scale = scale
+    scale(2)
+    fake.scheduler_info["workers"] = {"a": {"name": "SLURMCluster-0"},
+                                      "b": {"name": "SLURMCluster-1"}}
+    keeper = object.__new__(cluster._JobKeeper)  # no thread: drive the check by hand
+    keeper._cluster, keeper._seen, keeper._retired, keeper._last_connected = fake, set(), set(), {}
+    keeper._stop = threading.Event()
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0s"}):
+        keeper._check()
+        del fake.scheduler_info["workers"]["b"]  # SLURMCluster-1 scancel'ed
+        keeper._check()  # the keeper sees it gone before the cluster drops it
+    fake.workers.pop("SLURMCluster-1", None)  # the cluster's own removal, at its timeout
+    assert "SLURMCluster-1" not in fake.worker_spec
+    assert len(fake.worker_spec) == 2
+    assert set(fake.workers) == set(fake.worker_spec)  # the replacement was started and kept
 
 
 def test_lifetime_retires_workers_before_the_walltime_with_a_margin():
