@@ -90,6 +90,14 @@ class Optics:
         """Full width at half maximum of the in-focus PSF, ``0.51 lambda / NA``."""
         return 0.51 * self.wavelength_um / self.na
 
+    def blur_radius_um(self, z_um: float) -> float:
+        """Geometric radius of the defocus blur, ``|z| tan(asin(NA / n))``, in um.
+
+        The edge of the light cone at depth ``z``: what paddings, grids and PSF
+        crops must hold (the diffraction tail adds a few Airy radii).
+        """
+        return abs(float(z_um)) * math.tan(math.asin(self.na / self.immersion_index))
+
     def to_dict(self) -> dict[str, float]:
         """Plain JSON-able form, as stored in plate and model metadata."""
         return dataclasses.asdict(self)
@@ -236,8 +244,7 @@ def _radial_otf(freq: tuple[float, ...], z_um: float, optics: Optics, grid: int)
 def _auto_grid(z_um: float, optics: Optics) -> int:
     """Grid for :func:`radial_otf`: a power of two in 1024-4096, FOV >= 8 blur diameters if it can."""
     fine_dx = min(optics.pixel_size_um, 0.25 / optics.cutoff)
-    tan = optics.na / math.sqrt(optics.immersion_index**2 - optics.na**2)
-    needed = 8.0 * 2.0 * abs(z_um) * tan / fine_dx
+    needed = 8.0 * 2.0 * optics.blur_radius_um(z_um) / fine_dx
     return min(4096, max(1024, 1 << int(math.ceil(math.log2(max(needed, 1.0))))))
 
 

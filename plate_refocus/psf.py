@@ -734,6 +734,11 @@ def expand_isotropic(
 _HANKEL_STEP = 0.04  # image-radius step in units of 1 / (NA / lambda): 12.5 samples per cutoff period
 
 
+def _psf_radius_um(z_um: float, optics: Optics) -> float:
+    """Radius of the PSF the Hankel model keeps: 1.5 blur radii plus 30 um, at least 60 um."""
+    return max(60.0, 1.5 * optics.blur_radius_um(z_um) + 30.0)
+
+
 def _hankel_nodes(n_radii: int, phase_cycles: float) -> int:
     """Gauss-Legendre nodes over the pupil radius for an integrand of so many oscillations.
 
@@ -805,8 +810,7 @@ def model_radial_otf(
     rho_max = optics.na / optics.wavelength_um
     k = optics.immersion_index / optics.wavelength_um
     if max_radius_um is None:
-        tan = optics.na / math.sqrt(optics.immersion_index**2 - optics.na**2)
-        max_radius_um = max(60.0, 1.5 * z * tan + 30.0)
+        max_radius_um = _psf_radius_um(z, optics)
     # few distinct grids: round the normalised radius up to a multiple of 10
     n_radii = int(math.ceil(max_radius_um * rho_max / 10.0)) * int(round(10.0 / _HANKEL_STEP))
     phase_cycles = z * (k - math.sqrt(max(k**2 - rho_max**2, 0.0)))
@@ -846,9 +850,12 @@ def _fit_band(freq: np.ndarray, optics: Optics, reference: str) -> np.ndarray:
 
 
 def _model(
-    freq: np.ndarray, z: float, optics: Optics, focus: np.ndarray | None, radius: float
+    freq: np.ndarray, z: float | np.ndarray, optics: Optics, focus: np.ndarray | None, radius: float
 ) -> np.ndarray:
-    """``K_z`` on `freq`, or ``K_z / K_0`` when the in-focus model `focus` is given."""
+    """``K_z`` on `freq`, or ``K_z / K_0`` when the in-focus model `focus` is given.
+
+    An array of ``z`` gives one row per ``z`` (the fit's coarse grid in one call).
+    """
     model = model_radial_otf(freq, z, optics, max_radius_um=radius)
     if focus is not None:
         model = np.divide(model, focus, out=np.zeros_like(model), where=np.abs(focus) > 1e-6)
@@ -916,8 +923,7 @@ def fit_defocus(
     f, p = freq[band], profile[band]
 
     # one PSF radius for the whole search, so the Hankel kernel is built once
-    tan = optics.na / math.sqrt(optics.immersion_index**2 - optics.na**2)
-    radius = max(60.0, 1.5 * max_defocus_um * tan + 30.0)
+    radius = _psf_radius_um(max_defocus_um, optics)
 
     def focus_of(opt: Optics) -> np.ndarray | None:
         return model_radial_otf(f, 0.0, opt, max_radius_um=radius) if reference == "in-focus" else None
@@ -928,10 +934,7 @@ def fit_defocus(
         return float(np.sum((p - _model(f, z, opt, foc, radius)) ** 2))
 
     grid = np.arange(0.0, max_defocus_um + 1e-9, 0.5)
-    models = model_radial_otf(f, grid, optics, max_radius_um=radius)
-    if focus is not None:
-        models = np.divide(models, focus, out=np.zeros_like(models), where=np.abs(focus) > 1e-6)
-    costs = ((models - p) ** 2).sum(axis=1)
+    costs = ((_model(f, grid, optics, focus, radius) - p) ** 2).sum(axis=1)
     best = int(np.argmin(costs))
     lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, grid.size - 1)]
     res = scipy.optimize.minimize_scalar(cost, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})

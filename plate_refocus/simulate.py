@@ -470,7 +470,7 @@ def field_padding(max_depth_um: float, optics: Optics = DEFAULT_OPTICS) -> int:
     The geometric blur radius ``|z| tan(asin(NA / n))`` plus six Airy radii
     ``0.61 lambda / NA`` (the diffraction tail), plus two pixels.
     """
-    geometric = abs(float(max_depth_um)) * math.tan(math.asin(optics.na / optics.immersion_index))
+    geometric = optics.blur_radius_um(max_depth_um)
     airy = 0.61 * optics.wavelength_um / optics.na
     return int(math.ceil((geometric + 6 * airy) / optics.pixel_size_um)) + 2
 
