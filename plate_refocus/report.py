@@ -118,6 +118,11 @@ def format_summary(rows: list[DepthRow]) -> str:
     return "\n".join(lines).replace("nan +- nan", "-").replace("+nan", "-").replace("| nan |", "| - |")
 
 
+def _spread(n: int, k: int) -> np.ndarray:
+    """At most `k` indices spread evenly over ``0 .. n - 1``, ends included (the depths drawn)."""
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
+
+
 def _plate_grid(ds: xr.Dataset, values: np.ndarray) -> tuple[np.ndarray, list[str], list[int]]:
     """``values`` (per well) laid out as the plate: rows x columns, NaN where no well."""
     rows = sorted({str(r) for r in ds["row"].values}, key=lambda r: (len(r), r))
@@ -132,7 +137,7 @@ def _plot_focus_map(ds: xr.Dataset, path: Path) -> Path:
     from matplotlib.figure import Figure
 
     n_z = ds.sizes["z"]
-    picks = np.unique(np.linspace(0, n_z - 1, min(n_z, MAX_MAP_PANELS)).round().astype(int))
+    picks = _spread(n_z, MAX_MAP_PANELS)
     fit = ds["defocus_um"].values
     vmax = float(np.nanmax(fit)) if np.isfinite(fit).any() else 1.0
     cols = min(4, len(picks))
@@ -175,7 +180,7 @@ def _plot_well(ds: xr.Dataset, well: str, path: Path) -> Path:
     ax.set_ylabel("otf_radial")
     ax.set_title(f"well {well}: recovered OTF profiles")
     ax.legend(fontsize=6, ncol=2)
-    picks = np.unique(np.linspace(0, n_z - 1, min(n_z, 6)).round().astype(int))
+    picks = _spread(n_z, 6)
     for k, i in enumerate(picks):
         sub = fig.add_subplot(2, 6, 4 + k + (3 if k >= 3 else 0))
         sub.imshow(w["psf"].values[i], cmap="magma")
