@@ -73,8 +73,8 @@ def _run_pipeline(plate: Path, out: Path, model: str | None, workers: int) -> tu
 
 def _bare_loop(plate: Path, model_path: str | None) -> tuple[float, int]:
     """The same work, one process, no Dask, no zarr: the reference the pipeline must beat."""
-    from plate_refocus.metrics import psnr, sharpness, ssim
     from plate_refocus.optics import Optics
+    from plate_refocus.pipeline import _quality
     from plate_refocus.plate import open_ground_truth, open_plate
     from plate_refocus.psf import field_spectra, recover_psf
     from plate_refocus.unet import load_model
@@ -98,10 +98,7 @@ def _bare_loop(plate: Path, model_path: str | None) -> tuple[float, int]:
                 spectra.append(field_spectra(out, raw,
                                              reference_background=offset,
                                              defocused_background=offset, backend="numpy"))
-                for image in (raw, out):
-                    sharpness(image)
-                    psnr(truth[w, f], image, data_range=data_range)
-                    ssim(truth[w, f], image, data_range=data_range)
+                _quality(raw, out, truth[w, f], data_range)
             recover_psf(sum(spectra), shape, optics, reference="in-focus")
     seconds = time.perf_counter() - start
     return seconds, pixels.shape[0] * pixels.shape[1] * pixels.shape[2]
