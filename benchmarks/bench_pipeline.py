@@ -6,9 +6,9 @@ Prints one table:
   LocalCluster of 2 single-threaded worker processes, on a simulated plate
   large enough to run for minutes (a whole 384-well plate x 2 fields x 11
   depths by default; ``--wells 96`` for a quicker check);
-- planes/second of a bare loop calling the same U-Net, PSF and metric functions
-  in one process without Dask or zarr on the same plate (pixels preloaded into
-  memory, untimed);
+- planes/second of a bare loop calling the pipeline's own pure per-(well, depth)
+  function (U-Net batch, PSF, metrics) in one process without Dask or zarr on
+  the same plate (pixels preloaded into memory, untimed);
 - their ratio (target: >= 1.3 on 2 cores). The two are timed in alternating
   pairs (``--pairs``, default 2) and each pair gives a ratio: on a shared
   machine the speed of the cores drifts by 10 % over minutes, which a
@@ -76,34 +76,33 @@ def _run_pipeline(plate: Path, out: Path, model: str | None, workers: int) -> tu
 
 
 def _bare_loop(plate: Path, model_path: str | None) -> tuple[float, int]:
-    """The same work, one process, no Dask, no zarr: the reference the pipeline must beat."""
-    from plate_refocus.optics import Optics
-    from plate_refocus.pipeline import _quality
-    from plate_refocus.plate import open_ground_truth, open_plate
-    from plate_refocus.psf import field_spectra, recover_psf
+    """The same work, one process, no Dask, no zarr: the reference the pipeline must beat.
+
+    It calls the pipeline's own pure per-(well, depth) function, so the work is the same by
+    construction; only the reading, writing and scheduling differ.
+    """
+    from plate_refocus.pipeline import DepthSettings, process_depth
+    from plate_refocus.plate import open_ground_truth, open_plate, read_layout
+    from plate_refocus.psf import radial_frequencies
     from plate_refocus.unet import load_model
 
-    da = open_plate(plate).isel(c=0)
-    pixels = np.asarray(da.values)  # (well, field, z, y, x), loaded before timing
+    layout = read_layout(plate)
+    pixels = np.asarray(open_plate(layout).isel(c=0).values)  # (well, field, z, y, x), untimed
     truth = np.asarray(open_ground_truth(plate)["in_focus"].isel(c=0).values)
-    optics = Optics.from_dict(da.attrs["optics"])
-    offset = float(da.attrs["camera"]["offset"])
-    data_range = float(2 ** int(da.attrs["camera"].get("bit_depth", 12)) - 1)
+    settings = DepthSettings(optics=layout.optics, reference="refocused", background=layout.offset,
+                             data_range=layout.data_range, backend="numpy")
+    freq_size = radial_frequencies(layout.shape, layout.optics.pixel_size_um).size
     model = load_model(model_path)
     model.predict(pixels[0, 0, 0].astype(np.float32))  # warm-up
-    shape = pixels.shape[-2:]
+
+    def refocus(stack):
+        return model.predict_batch(stack, batch_size=max(4, len(stack)))
+
     start = time.perf_counter()
     for w in range(pixels.shape[0]):
         for z in range(pixels.shape[2]):
-            spectra = []
-            for f in range(pixels.shape[1]):
-                out = model.predict(pixels[w, f, z])
-                raw = pixels[w, f, z].astype(np.float32)
-                spectra.append(field_spectra(out, raw,
-                                             reference_background=offset,
-                                             defocused_background=offset, backend="numpy"))
-                _quality(raw, out, truth[w, f], data_range)
-            recover_psf(sum(spectra), shape, optics, reference="in-focus")
+            process_depth(list(pixels[w, :, z]), refocus=refocus, settings=settings,
+                          truths=list(truth[w]), freq_size=freq_size)
     seconds = time.perf_counter() - start
     return seconds, pixels.shape[0] * pixels.shape[1] * pixels.shape[2]
 
@@ -114,7 +113,7 @@ def _graph_size(tmp: Path, model: str | None) -> tuple[int, int, int, float]:
     from distributed import Client, LocalCluster
 
     from plate_refocus.optics import Optics
-    from plate_refocus.pipeline import _resolve, plate_graph_size
+    from plate_refocus.pipeline import plan_run, plate_graph_size
     from plate_refocus.plate import well_name, write_plate
 
     plate = tmp / "p384.zarr"
@@ -127,8 +126,7 @@ def _graph_size(tmp: Path, model: str | None) -> tuple[int, int, int, float]:
                     z_um=[2.0 * (i - 16) for i in range(34)], channel_names=["w1"],
                     plate_rows=16, plate_columns=24, focal_plane=16)
     start = time.perf_counter()
-    plan = _resolve(plate, tmp / "unused.zarr", model=model, channel=None,
-                    reference="refocused", backend="numpy", gpu=False)
+    plan = plan_run(plate, tmp / "unused.zarr", model=model)
     size, largest, tasks = plate_graph_size(plan)
     return size, largest, tasks, time.perf_counter() - start
 

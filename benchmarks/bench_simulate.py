@@ -5,7 +5,7 @@
 An "image" is one (y, x) plane: one channel at one depth of one field. In one run it measures
 
 * the pipeline: ``simulate_plate`` on a local Dask cluster (``--workers`` processes x 1 thread,
-  spawned with ``simulate.WORKER_MALLOC_ENV`` as ``simulate_plate`` does) writing an OME-Zarr
+  spawned with ``cluster.WORKER_MALLOC_ENV`` as ``simulate_plate`` does) writing an OME-Zarr
   plate with its ground truth, timed on a warm cluster (the cluster start-up is printed
   separately);
 * a bare loop: the same ``simulate_field`` calls (cells, one rfft2 per channel, one irfft2 per
@@ -29,6 +29,7 @@ import dask
 import numpy as np
 import scipy.fft
 
+from plate_refocus.cluster import worker_malloc_config
 from plate_refocus.optics import Optics, defocus_otf
 from plate_refocus.simulate import (
     DEFAULT_DEPTHS_UM,
@@ -37,7 +38,6 @@ from plate_refocus.simulate import (
     simulate_field,
     simulate_objects,
     simulate_plate,
-    worker_malloc_config,
 )
 
 

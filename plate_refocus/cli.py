@@ -80,10 +80,16 @@ def _add_run(subparsers) -> None:
                    help="sharp reference for the PSF: the U-Net output (default) or the stack's "
                    "in-focus plane")
     p.add_argument("--wells", help="comma-separated wells to process, e.g. A01,B02 (default: all)")
+    p.add_argument("--z-step", type=float, default=None, metavar="UM",
+                   help="spacing of the planes in um, for a plate whose metadata has no distinct z "
+                   "positions (counted from the focal plane when it is recorded)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
-                      help="finish an interrupted run: skip wells already written")
-    mode.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+                      help="finish an interrupted run with the same settings: compute the wells "
+                      "not done (failed wells are retried)")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="replace an existing OUT (only a results store of plate-refocus run "
+                      "or an empty folder is ever removed)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (and the batch job script for jobqueue clusters) "
                    "and exit without running")
@@ -114,24 +120,37 @@ def _print_summary(summary) -> None:
     print(
         f"done: {len(summary.wells_computed)} wells computed"
         + (f", {len(summary.wells_skipped)} already done (skipped)" if summary.wells_skipped else "")
+        + (f", {len(summary.wells_failed)} FAILED" if summary.wells_failed else "")
         + f" of {summary.wells_total}; {summary.fields} fields, {summary.planes} planes "
         f"in {summary.seconds:.1f} s ({summary.planes_per_second:.2f} planes/s)"
     )
+    for text, count in summary.planes_flagged.items():
+        print(f"flagged: {count} planes {text}")
+    for well, error in summary.wells_failed.items():
+        print(f"failed: well {well}: {error}")
+    if summary.wells_failed:
+        print("the other wells are written; fix the cause and run again with --resume to retry "
+              "only the failed wells")
     print(f"results: {summary.out}")
     print(f'open them with:  python -c "import xarray as xr; print(xr.open_zarr({str(summary.out)!r}))"')
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .cluster import client_from_args, job_script
-    from .pipeline import run_plate
+    from .pipeline import execute_run, plan_run
 
     wells = [w.strip() for w in args.wells.split(",")] if args.wells else None
+    # Everything is checked before a cluster starts: a refusal costs no job and no dashboard.
+    plan = plan_run(
+        args.plate, args.out, model=args.model, channel=args.channel, reference=args.reference,
+        resume=args.resume, overwrite=args.overwrite, wells=wells,
+        gpu=getattr(args, "gpu", False), z_step_um=args.z_step,
+        command_line=" ".join(["plate-refocus", *sys.argv[1:]]),
+    )
     if args.dry_run:
-        from .plate import plate_info
-
-        info = plate_info(args.plate)
-        print(f"plan: {info['wells']} wells x {info['fields']} fields x {info['planes']} planes "
-              f"-> {args.out}")
+        layout = plan.layout
+        print(f"plan: {len(plan.wells)} wells x {layout.n_fields} fields x {layout.n_z} planes "
+              f"-> {args.out}" + (f" ({len(plan.skipped)} done wells skipped)" if plan.skipped else ""))
         script = job_script(args)
         if script:
             print("batch job script for each worker job:")
@@ -139,14 +158,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     with client_from_args(args) as client:
         print(f"dashboard: {client.dashboard_link}", flush=True)
-        summary = run_plate(
-            args.plate, args.out, client=client, model=args.model, channel=args.channel,
-            reference=args.reference, resume=args.resume, overwrite=args.overwrite, wells=wells,
-            gpu=getattr(args, "gpu", False), on_well_done=_progress_printer(),
-            command_line=" ".join(["plate-refocus", *sys.argv[1:]]),
-        )
+        summary = execute_run(plan, client, on_well_done=_progress_printer())
     _print_summary(summary)
-    return 0
+    return 0 if summary.ok else 1
 
 
 def _add_demo(subparsers) -> None:
@@ -165,28 +179,15 @@ def _add_demo(subparsers) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
-_DEMO_MARKER = ".plate-refocus-demo"
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import shutil
-    from pathlib import Path
-
     from .cluster import start_client
-    from .errors import OutputExistsError
+    from .outputs import DEMO_MARKER, prepare_output
     from .pipeline import run_plate
     from .simulate import simulate_plate
 
-    folder = Path(args.dir)
-    if folder.exists():
-        if not (folder / _DEMO_MARKER).exists():
-            raise OutputExistsError(
-                f"{str(folder)!r} exists and was not made by 'plate-refocus demo'; "
-                "choose another folder: plate-refocus demo DIR"
-            )
-        shutil.rmtree(folder)
+    folder = prepare_output(args.dir, kind="demo", overwrite=True)  # only ever a previous demo
     folder.mkdir(parents=True)
-    (folder / _DEMO_MARKER).write_text("made by plate-refocus demo\n")
+    (folder / DEMO_MARKER).write_text("made by plate-refocus demo\n")
     plate, results = folder / "plate.zarr", folder / "results.zarr"
     with start_client("local", n_workers=args.workers) as client:
         print(f"dashboard: {client.dashboard_link}", flush=True)
@@ -197,7 +198,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         summary = run_plate(plate, results, client=client, on_well_done=_progress_printer(),
                             command_line=" ".join(["plate-refocus", *sys.argv[1:]]))
     _print_summary(summary)
-    return 0
+    return 0 if summary.ok else 1
 
 
 def _add_ingest(subparsers) -> None:
@@ -416,6 +417,9 @@ def _add_info(subparsers) -> None:
                    help="an OME-Zarr HCS plate (NGFF 0.5 or 0.4); without it, describe the "
                    "installation (versions, GPU, default model)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--z-step", type=float, default=None, metavar="UM",
+                   help="spacing of the planes in um, for a plate whose metadata has no distinct z "
+                   "positions")
     p.set_defaults(func=_cmd_info)
 
 
@@ -467,7 +471,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        info = plate_info(args.plate)
+        info = plate_info(args.plate, z_step_um=args.z_step)
     for warning in caught:
         print(f"plate-refocus info: warning: {warning.message}", file=sys.stderr)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
@@ -532,6 +536,8 @@ def _add_train(subparsers) -> None:
                      help=f"(default {tc.validation_patches})")
     fit.add_argument("--seed", type=int, default=tc.seed, help=f"(default {tc.seed})")
     fit.add_argument("--name", default=None, help="model name (default: the file name)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing model at --out (only a model of plate-refocus train)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -574,6 +580,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         focal_index=args.focal_index, depths_um=args.depths, name=args.name,
         command=_train_command(args),
         progress=lambda record: print(format_progress(record), flush=True),
+        overwrite=args.overwrite,
     )
     metrics = model.info.metrics
     print(f"best validation loss {metrics['val_loss']:.4g} after {model.info.training['steps']} steps; "

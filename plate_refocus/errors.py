@@ -17,6 +17,8 @@ __all__ = [
     "OpticsMismatchWarning",
     "IngestError",
     "ClusterError",
+    "OutputLocationError",
+    "PlaneReadError",
 ]
 
 
@@ -58,3 +60,11 @@ class ClusterError(PlateRefocusError, RuntimeError):
 
 class OpticsMismatchWarning(UserWarning):
     """A model trained for other optics than the plate it is applied to."""
+
+
+class OutputLocationError(PlateRefocusError, ValueError):
+    """An output path that overlaps an input, or cannot be created where it is."""
+
+
+class PlaneReadError(PlateRefocusError, OSError):
+    """A plane of the plate that cannot be read or decoded (a corrupt chunk, a bad file)."""

@@ -51,9 +51,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IngestError, NotAPlateError, OutputExistsError, PlateNotFoundError
+from .errors import IngestError, PlateNotFoundError
 from .optics import Optics
-from .plate import ATTRS_KEY, PLATE_FORMATS, row_name, well_name
+from .outputs import prepare_output
+from .plate import PLATE_FORMATS, row_name, well_name
 
 __all__ = [
     "PRESETS",
@@ -67,7 +68,6 @@ __all__ = [
     "check_files",
     "lazy_planes",
     "ingest",
-    "missing_planes",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,9 @@ class Preset:
         The plane number (as in the file names) that is in focus.
     channel_names : dict of str to str
         Channel value in the file names -> channel name in the plate.
+    bit_depth : int, optional
+        The camera's bit depth (the data range of PSNR/SSIM); stored as the
+        plate's camera metadata.
     """
 
     name: str
@@ -114,6 +117,7 @@ class Preset:
     z_step_um: float
     focal_plane: int | None
     channel_names: Mapping[str, str] = field(default_factory=dict)
+    bit_depth: int | None = None
 
 
 #: Known layouts. BBBC006v1 [1]_: one folder per z-plane, 2 um apart, plane 16
@@ -128,6 +132,7 @@ PRESETS: dict[str, Preset] = {
         z_step_um=2.0,
         focal_plane=16,
         channel_names={"1": "Hoechst", "2": "phalloidin"},
+        bit_depth=12,
     ),
 }
 
@@ -948,13 +953,10 @@ def ingest(
     pixel_size_um = _positive("pixel_size_um", pixel_size_um)
     z_step_um = _positive("z_step_um", z_step_um)
     chosen, _, _ = _resolve_pattern(preset, pattern)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(
-            f"output {os.fspath(out)!r} exists; pass overwrite=True (--overwrite) to replace it"
-        )
-    if isinstance(source, (str, os.PathLike)) and out.resolve() == Path(source).resolve():
-        raise ValueError(f"out {os.fspath(out)!r} is the source folder; write the plate elsewhere")
+    sources = (source,) if isinstance(source, (str, os.PathLike)) else ()
+    # Checked before the scan, which can take minutes; removed (if allowed) by write_plate.
+    out = prepare_output(out, kind="plate", writer="ingest", inputs=sources, overwrite=overwrite,
+                         remove=False)
 
     found = scan(source, preset=preset, pattern=pattern, plate_format=plate_format, timepoint=timepoint)
 
@@ -1000,6 +1002,7 @@ def ingest(
     name_of = dict(zip(found.channels, names, strict=True))
     z_of = {p: i for i, p in enumerate(found.planes)}
     attrs = {
+        "written_by": "ingest",
         "ingest": {
             "source": os.fspath(found.source.resolve()),
             "pattern": found.pattern,
@@ -1024,39 +1027,6 @@ def ingest(
     return _plate.write_plate(
         out, images, list(found.wells), optics=base, z_um=z_um.tolist(), channel_names=names,
         plate_rows=n_rows, plate_columns=n_cols, focal_plane=focal_index, extra_attrs=attrs,
-        overwrite=overwrite, client=client, progress=progress,
+        camera={"bit_depth": chosen.bit_depth} if chosen is not None and chosen.bit_depth else None,
+        overwrite=overwrite, inputs=sources, client=client, progress=progress,
     )
-
-
-def missing_planes(plate: Any):
-    """Which planes of an ingested plate had no file and were written as zeros.
-
-    Parameters
-    ----------
-    plate : path or xarray.DataArray
-        An ingested plate, or :func:`~plate_refocus.plate.open_plate` of it.
-
-    Returns
-    -------
-    (well, field, c, z) xarray.DataArray of bool
-        True where the plane is missing; all False for a plate written
-        without gaps (or not by :func:`ingest`).
-    """
-    import xarray as xr
-    import zarr
-
-    from .plate import open_plate
-
-    if isinstance(plate, (str, os.PathLike)):
-        plate = open_plate(os.fspath(plate))
-    if not isinstance(plate, xr.DataArray) or "source" not in plate.attrs:
-        raise TypeError(f"plate must be a path or the DataArray of open_plate, got {type(plate).__name__}")
-    attrs = zarr.open_group(plate.attrs["source"], mode="r").attrs.asdict().get(ATTRS_KEY, {})
-    if not isinstance(attrs, Mapping):
-        raise NotAPlateError(f"plate {plate.attrs['source']!r} has malformed {ATTRS_KEY!r} metadata")
-    dims = ("well", "field", "c", "z")
-    mask = xr.DataArray(np.zeros([plate.sizes[d] for d in dims], dtype=bool), dims=dims,
-                        coords={d: plate.coords[d].values for d in dims})
-    for entry in (attrs.get("ingest") or {}).get("missing", []):
-        mask.loc[{"well": entry["well"], "field": entry["field"], "c": entry["c"], "z": entry["z"]}] = True
-    return mask

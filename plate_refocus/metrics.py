@@ -42,6 +42,9 @@ __all__ = [
     "format_table",
     "write_table",
     "WIENER_BALANCES",
+    "plane_quality",
+    "has_signal",
+    "noise_variance",
 ]
 
 log = logging.getLogger(__name__)
@@ -185,6 +188,60 @@ def sharpness(image: np.ndarray, *, sigma: float = 2.0) -> float:
         return 0.0
     detail = ndimage.gaussian_laplace(img, float(sigma), mode="reflect")
     return float(np.var(detail) / variance)
+
+
+def noise_variance(image: np.ndarray) -> float:
+    """The variance of an image's pixel-to-pixel noise, from its neighbour differences.
+
+    The differences of neighbouring pixels remove the (smooth) signal and keep
+    twice the variance of white noise; the median absolute deviation makes the
+    estimate robust to the edges of cells. Camera noise (Poisson plus read
+    noise) is white, so this measures it whatever the image shows.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    diffs = [np.diff(img, axis=axis).ravel() for axis in (0, 1) if img.shape[axis] > 1]
+    d = np.concatenate(diffs) if diffs else np.zeros(1)
+    mad = float(np.median(np.abs(d - np.median(d))))
+    return (1.4826 * mad) ** 2 / 2.0
+
+
+def has_signal(image: np.ndarray, *, ratio: float = 1.5) -> bool:
+    """Whether an image holds more than its noise: ``var(image) > ratio * noise variance``.
+
+    A constant plane, an all-zero plane, or one of camera noise alone has (up
+    to sampling) no more variance than its white noise (:func:`noise_variance`),
+    while cells, even far out of focus, add variance at scales above the
+    pixel. A plane without signal has nothing to fit a PSF to: the pipeline
+    leaves it out and says so, rather than fitting a confident number. With
+    the default ratio, pure camera noise stays below it (largest ratio in 200
+    noise planes: 1.27 at 32 x 32 px, 1.02 at 64 x 64) while simulated cells at
+    200 photons and 40 um defocus read 3-6.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    total = float(np.var(img))
+    if not np.isfinite(total) or total <= 0:
+        return False
+    noise = noise_variance(img)
+    if noise <= 0:
+        # quantised planes whose differences are mostly zero: any variance is structure
+        return total > 0
+    return total > ratio * noise
+
+
+def plane_quality(defocused: np.ndarray, refocused: np.ndarray, truth: np.ndarray | None, *,
+                  data_range: float) -> np.ndarray:
+    """``[[sharpness, psnr, ssim] for stage in (input, refocused)]`` of one plane, (2, 3).
+
+    PSNR and SSIM are NaN when there is no ground truth.
+    """
+    out = np.full((2, 3), np.nan)
+    for row, image in enumerate((defocused, refocused)):
+        image = np.asarray(image, dtype=np.float64)
+        out[row, 0] = sharpness(image)
+        if truth is not None:
+            out[row, 1] = psnr(truth, image, data_range=data_range)
+            out[row, 2] = ssim(truth, image, data_range=data_range)
+    return out
 
 
 # --- evaluation against ground truth ---------------------------------------------------------
@@ -433,9 +490,10 @@ def evaluate_plate(
     summary : list of dict
         :func:`summarize` of ``rows``.
     """
-    from .plate import open_ground_truth, open_plate
+    from .plate import open_ground_truth, open_plate, read_layout
 
-    images = open_plate(plate)
+    layout = read_layout(plate)
+    images = open_plate(layout)
     truth = open_ground_truth(plate)
     if truth is None:
         raise PlateRefocusError(
@@ -450,9 +508,7 @@ def evaluate_plate(
     optics = Optics.from_dict(images.attrs["optics"]) if "optics" in images.attrs else Optics()
     if model:
         model.check_optics(optics)
-    camera = images.attrs.get("camera") or {}
-    offset = float(camera.get("offset", 0.0))
-    data_range = float(2 ** int(camera.get("bit_depth", 12)) - 1)
+    offset, data_range = layout.offset, layout.data_range
     z_um = np.abs(np.asarray(images.coords["z_um"].values, dtype=np.float64))
     planes = np.arange(len(z_um))
     if depths_um is not None:

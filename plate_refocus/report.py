@@ -39,7 +39,7 @@ class DepthRow:
 def _open(results: str | os.PathLike | xr.Dataset) -> xr.Dataset:
     if isinstance(results, xr.Dataset):
         return results
-    from .pipeline import open_results
+    from .results import open_results
 
     # No Dask: the summary reads a few small arrays, and must work whatever the
     # default scheduler of the calling process is (e.g. a client already closed).
@@ -76,11 +76,11 @@ def depth_summary(results: str | os.PathLike | xr.Dataset) -> list[DepthRow]:
     Returns
     -------
     list of DepthRow
-        In the store's ``z`` order. Wells not yet done (``well_done == 0``)
+        In the store's ``z`` order. Wells not yet done (``well_status != 1``)
         are left out, so a partial run summarises what it has.
     """
     ds = _open(results)
-    done = ds["well_done"].values.astype(bool)
+    done = ds["well_status"].values == 1
     ds = ds.isel(well=np.flatnonzero(done))
     fit = ds["defocus_um"].values.reshape(-1, ds.sizes["z"])  # (well, z)
     sharp = ds["sharpness"].values  # (well, field, z, stage)
@@ -243,7 +243,7 @@ def write_report(
     from .errors import PlateLayoutError
 
     ds = _open(results)
-    done = ds["well_done"].values.astype(bool)
+    done = ds["well_status"].values == 1
     if not done.any():
         raise PlateLayoutError(
             f"no well of {str(results)!r} is done yet; finish the run with "

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -49,8 +48,6 @@ __all__ = [
     "field_padding",
     "radial_frequencies_for",
     "true_otf_radial",
-    "WORKER_MALLOC_ENV",
-    "worker_malloc_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -593,26 +590,6 @@ def true_otf_radial(depths_um: Sequence[float], freq: np.ndarray, optics: Optics
     return np.stack([radial_otf(freq, z, optics) for z in depths])
 
 
-#: glibc settings for worker processes that allocate and free many arrays of a few MB.
-#: Distributed sets MALLOC_TRIM_THRESHOLD_=65536 so workers hand memory back quickly; setting
-#: it also freezes the mmap threshold at 128 KiB, so every array of the padded grid is a fresh
-#: mmap whose pages fault in again (measured: 3x the page faults, +60% CPU per field). Keeping
-#: arrays below 32 MiB on the heap, trimmed above 128 MiB, makes a worker as fast as a plain loop.
-WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(128 * 2**20)}
-
-
-def worker_malloc_config() -> dict[str, Any]:
-    """Dask config that spawns local worker processes with :data:`WORKER_MALLOC_ENV`.
-
-    Use as ``with dask.config.set(worker_malloc_config()): LocalCluster(...)``. Variables
-    already in this process's environment win (that is how distributed reads them).
-    """
-    import dask
-
-    current = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
-    return {"distributed.nanny.pre-spawn-environ": {**current, **WORKER_MALLOC_ENV}}
-
-
 def _simulate_and_write(images, objects, in_focus, w, f, shape, depths, seed_key, optics, camera,
                         channels) -> None:
     """One task of :func:`simulate_plate`: simulate a field and write it and its ground truth
@@ -705,7 +682,8 @@ def simulate_plate(
     """
     import dask
 
-    from .plate import _check_plate_format, _compute, _create_plate, _wells_for, parse_well
+    from .cluster import compute, start_client
+    from .plate import check_plate_format, create_plate, parse_well, wells_for
 
     for name, value in (("rows", rows), ("columns", columns), ("fields", fields)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
@@ -716,8 +694,8 @@ def simulate_plate(
         raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
-    n_rows, n_columns = _check_plate_format(plate_format)
-    wells = _wells_for(rows, columns, plate_format)
+    n_rows, n_columns = check_plate_format(plate_format)
+    wells = wells_for(rows, columns, plate_format)
     shape = _check_shape(size)
     depths = _check_depths(depths_um)
     channels = _check_channels(channels)
@@ -725,13 +703,13 @@ def simulate_plate(
     n_c, n_z = len(channels), len(depths)
     freq = radial_frequencies_for(shape, optics.pixel_size_um)
     focal = [j for j, z in enumerate(depths) if z == 0]
-    targets = _create_plate(
+    targets = create_plate(
         out, (len(wells), fields, n_c, n_z, *shape), np.uint16, wells, optics=optics, z_um=depths,
         channel_names=channels, plate_rows=n_rows, plate_columns=n_columns,
         focal_plane=focal[0] if focal else None, camera=camera, ngff_version=ngff_version,
         ground_truth={"object": (len(wells), fields, n_c, *shape), "in_focus": (len(wells), fields, n_c, *shape),
                       "otf_radial": (n_z, freq.size), "freq": (freq.size,)},
-        extra_attrs={"simulation": {
+        extra_attrs={"written_by": "simulate", "simulation": {
             "seed": int(seed), "size": list(shape), "plate_format": plate_format,
             "seeding": "SeedSequence([seed, row * plate_columns + column - 1, field])"}},
         overwrite=overwrite,
@@ -756,18 +734,12 @@ def simulate_plate(
             ))
     try:
         if client is not None:
-            _compute(tasks, client=client, progress=progress)
-            return targets.path
-        from distributed import Client, LocalCluster
-
-        n_workers = workers or max(1, len(os.sched_getaffinity(0)))
-        with dask.config.set(worker_malloc_config()), \
-                LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                             dashboard_address=":0", silence_logs=logging.WARNING) as cluster, \
-                Client(cluster, set_as_default=False) as own:
-            log.info("simulating %d fields on %d workers; dashboard: %s", len(wells) * fields,
-                     n_workers, own.dashboard_link)
-            _compute(tasks, client=own, progress=progress)
+            compute(tasks, client=client, progress=progress)
+        else:
+            with start_client("local", workers=workers, dashboard_address=":0") as own:
+                log.info("simulating %d fields; dashboard: %s", len(wells) * fields,
+                         own.dashboard_link)
+                compute(tasks, client=own, progress=progress)
     except BaseException:
         shutil.rmtree(targets.path, ignore_errors=True)  # never leave a half-written plate behind
         raise

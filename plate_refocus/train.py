@@ -35,6 +35,7 @@ import numpy as np
 
 from .errors import PlateRefocusError
 from .optics import Optics
+from .outputs import prepare_output
 from .unet import (
     ModelInfo,
     RefocusModel,
@@ -444,6 +445,7 @@ def train_model(
     name: str | None = None,
     training_info: dict[str, Any] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
 ) -> RefocusModel:
     """Train a U-Net on (defocused plane -> target) pairs and save the best model to ``out``.
 
@@ -470,6 +472,10 @@ def train_model(
         Extra facts recorded in the model's metadata (plate, command line).
     progress : callable, optional
         Called with a dict after every epoch (the CLI prints a line).
+    overwrite : bool
+        Replace an existing model at ``out`` (only one written by this project:
+        a ``.keras`` with its metadata ``.json``). It is replaced when the first
+        checkpoint is saved.
 
     Returns
     -------
@@ -485,6 +491,7 @@ def train_model(
     out = Path(out)
     if out.suffix != ".keras":
         raise ValueError(f"out must end in '.keras', got {str(out)!r}")
+    prepare_output(out, kind="model", overwrite=overwrite, remove=False)
     if train.patch % config.divisor:
         raise ValueError(
             f"patch {train.patch!r} must be a multiple of the model's divisor {config.divisor} (2**depth)"
@@ -507,13 +514,9 @@ def train_model(
     if optics is None:
         optics = Optics.from_dict(images.attrs["optics"]) if "optics" in images.attrs else Optics()
     if data_range is None:
-        camera = images.attrs.get("camera") or {}
-        if "bit_depth" in camera:
-            data_range = float(2 ** int(camera["bit_depth"]) - 1)
-        elif np.issubdtype(images.dtype, np.integer):
-            data_range = float(np.iinfo(images.dtype).max)
-        else:
-            data_range = 1.0
+        from .plate import data_range as plate_data_range
+
+        data_range = plate_data_range(images.attrs.get("camera"), images.dtype)
 
     import keras
 
@@ -648,6 +651,7 @@ def train_plate(
     name: str | None = None,
     command: str | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
 ) -> RefocusModel:
     """Train on an OME-Zarr plate; what ``plate-refocus train`` runs.
 
@@ -663,12 +667,17 @@ def train_plate(
     command : str, optional
         The command line, recorded in the metadata.
     progress : callable, optional
+    overwrite : bool
+        Replace an existing model at ``out`` (see :func:`train_model`).
 
     Returns
     -------
     RefocusModel
     """
     plate = Path(plate)
+    if Path(out).suffix != ".keras":
+        raise ValueError(f"out must end in '.keras', got {str(out)!r}")
+    prepare_output(out, kind="model", inputs=(plate,), overwrite=overwrite, remove=False)
     images, targets, depth_um = plate_training_pairs(plate, target=target, focal_index=focal_index)
     info = {
         "plate": str(plate),
@@ -689,4 +698,5 @@ def train_plate(
         name=name,
         training_info=info,
         progress=progress,
+        overwrite=overwrite,
     )

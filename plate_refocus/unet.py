@@ -800,7 +800,30 @@ def load_model(path: str | os.PathLike | None = None) -> RefocusModel:
                 f"cannot load model file {str(path)!r} in Keras safe mode: {error}. Files with "
                 "Lambda layers or custom code are refused; use a model written by `plate-refocus train`"
             ) from error
+    _check_io(keras_model, path)
     return RefocusModel(keras_model, info)
+
+
+def _check_io(keras_model: Any, path: Path) -> None:
+    """Refuse a network that cannot refocus planes: one (Y, X, 1) input of any size, one channel out."""
+    problems = []
+    inputs, outputs = list(keras_model.inputs), list(keras_model.outputs)
+    if len(inputs) != 1 or len(outputs) != 1:
+        problems.append(f"{len(inputs)} inputs and {len(outputs)} outputs (needs one of each)")
+    else:
+        shape_in, shape_out = tuple(inputs[0].shape), tuple(outputs[0].shape)
+        if len(shape_in) != 4 or shape_in[-1] != 1:
+            problems.append(f"input shape {shape_in} (needs (batch, Y, X, 1): one channel)")
+        elif any(n is not None for n in shape_in[1:3]):
+            problems.append(f"input shape {shape_in} fixes the image size (needs (None, None, None, 1)"
+                            ": a fully convolutional network that takes any tile)")
+        if len(shape_out) != 4 or shape_out[-1] != 1:
+            problems.append(f"output shape {shape_out} (needs (batch, Y, X, 1): one channel)")
+    if problems:
+        raise ModelError(
+            f"model file {str(path)!r} does not fit plate-refocus: " + "; ".join(problems)
+            + ". Use a model written by `plate-refocus train`."
+        )
 
 
 #: TensorFlow's native start-up lines: absl INFO/WARNING records, its banner, the CPU-feature

@@ -25,7 +25,7 @@ def local_cluster():
     import dask
     from distributed import LocalCluster
 
-    from plate_refocus.simulate import worker_malloc_config
+    from plate_refocus.cluster import worker_malloc_config
 
     with dask.config.set(worker_malloc_config()), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True,

@@ -67,7 +67,7 @@ def test_simulate_help_is_complete_and_exact():
 def test_info_help_is_complete():
     parser = subparser("info")
     declared = {s for a in parser._actions for s in a.option_strings} - {"-h", "--help"}
-    assert declared == {"--json"}
+    assert declared == {"--json", "--z-step"}
     assert "PLATE" in parser.format_help()
 
 

@@ -393,3 +393,29 @@ def test_pipeline_sends_unet_tasks_only_to_gpu_workers(mixed_client, tiny_model,
     unet = {k: w for k, w in recorder.ran_on.items() if k.startswith("depth-")}
     assert len(unet) == 2 * 2  # wells x depths: every U-Net (and FFT) task was seen
     assert set(unet.values()) == {"gpu"}, unet
+
+
+def test_the_private_names_the_job_keeper_uses_exist_in_the_pinned_versions():
+    """The job keeper writes ``SpecCluster._i``, calls ``_new_worker_name``, pops ``worker_spec``
+    entries and reads ``job_cls.submit_command``: pyproject pins distributed and dask-jobqueue to
+    the releases where these exist, and this test fails on a release that changes them."""
+    import inspect
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    import dask_jobqueue
+    from distributed.deploy.spec import SpecCluster
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pins = {Requirement(r).name: Requirement(r).specifier for r in pyproject["project"]["dependencies"]}
+    for name in ("distributed", "dask-jobqueue"):
+        assert any(s.operator == "<" for s in pins[name]), f"{name} has no upper bound"
+        assert version(name) in pins[name], f"installed {name} {version(name)} is outside {pins[name]}"
+    assert list(inspect.signature(SpecCluster._new_worker_name).parameters) == ["self", "worker_number"]
+    assert "self._i = 0" in inspect.getsource(SpecCluster.__init__)
+    assert "self._i" in inspect.getsource(SpecCluster.new_worker_spec)
+    assert "self.worker_spec" in inspect.getsource(SpecCluster.__init__)
+    for cls in (dask_jobqueue.SLURMCluster, dask_jobqueue.PBSCluster, dask_jobqueue.LSFCluster):
+        assert isinstance(cls.job_cls.submit_command, str) and cls.job_cls.submit_command

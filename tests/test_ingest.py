@@ -23,10 +23,10 @@ from plate_refocus.ingest import (
     ingest,
     inspect_plane,
     lazy_planes,
-    missing_planes,
     read_plane,
     scan,
 )
+from plate_refocus.plate import missing_planes
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbbc006-sample"
 needs_sample = pytest.mark.skipif(
@@ -37,12 +37,17 @@ BBBC006_NAME = "mcf-z-stacks-03212011_{well}_s{site}_w{channel}{uuid}.tif"
 
 
 def write_bbbc006_like(root: Path, *, wells=("a01", "b03"), sites=(1, 2), channels=(1, 2),
-                       planes=(0, 1, 2, 3), shape=(24, 40), seed=0, skip=()) -> dict:
+                       planes=(0, 1, 2, 3), shape=(24, 40), seed=0, skip=(),
+                       structured=False) -> dict:
     """A small folder in the BBBC006 layout: one folder per plane, 12-bit LZW uint16 TIFFs.
 
-    ``skip`` holds (well, site, channel, plane) tuples not to write. Returns
-    (well, site, channel, plane) -> (path, pixels) of the files written.
+    ``skip`` holds (well, site, channel, plane) tuples not to write. Pixels are
+    uniform noise, or with ``structured`` smooth blobs over a little noise (an
+    image with signal, as a PSF fit needs). Returns (well, site, channel,
+    plane) -> (path, pixels) of the files written.
     """
+    from scipy import ndimage
+
     rng = np.random.default_rng(seed)
     written = {}
     for z in planes:
@@ -54,6 +59,10 @@ def write_bbbc006_like(root: Path, *, wells=("a01", "b03"), sites=(1, 2), channe
                     if (w, s, c, z) in skip:
                         continue
                     pixels = rng.integers(0, 4096, size=shape, dtype=np.uint16)
+                    if structured:
+                        blobs = ndimage.gaussian_filter(rng.random(shape) ** 8, 3.0)
+                        smooth = 100 + 3000 * blobs / blobs.max() + rng.normal(0, 5, shape)
+                        pixels = np.clip(np.rint(smooth), 0, 4095).astype(np.uint16)
                     path = folder / BBBC006_NAME.format(well=w, site=s, channel=c, uuid=uuid.uuid4())
                     tifffile.imwrite(path, pixels, compression="lzw")
                     written[w, s, c, z] = (path, pixels)
@@ -433,32 +442,34 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     write_bbbc006_like(tmp_path / "src", wells=("a01",), sites=(1,), channels=(1,), planes=(0,))
     out = tmp_path / "plate.zarr"
     out.mkdir()
-    with pytest.raises(OutputExistsError, match=r"output '.*plate\.zarr' exists; pass overwrite=True"):
+    with pytest.raises(OutputExistsError, match=r"'.*plate\.zarr' already exists; nothing was changed: pass --overwrite"):
         ingest(tmp_path / "src", out)
     ingest(tmp_path / "src", out, overwrite=True)
     _validate_hcs(out)
-    with pytest.raises(ValueError, match="is the source folder"):
+    with pytest.raises(ValueError, match="is the input"):
         ingest(tmp_path / "src", tmp_path / "src", overwrite=True)
 
 
 def test_generic_pattern_needs_pixel_size_and_z_step(tmp_path):
     from plate_refocus.plate import open_plate
 
+    src = tmp_path / "src"
+    src.mkdir()
     for z in (3, 4):
         for c in ("DAPI", "GFP"):
-            tifffile.imwrite(tmp_path / f"G07_{c}_z{z}.tif", np.full((8, 8), z, np.uint16))
+            tifffile.imwrite(src / f"G07_{c}_z{z}.tif", np.full((8, 8), z, np.uint16))
     pattern = "{well}_{channel}_z{z}.tif"
     with pytest.raises(IngestError, match=r"pixel size is unknown: pass pixel_size_um="):
-        ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern)
+        ingest(src, tmp_path / "p.zarr", pattern=pattern)
     with pytest.raises(IngestError, match=r"2 planes found but the z step is unknown: pass z_step_um="):
-        ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65)
+        ingest(src, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65)
     with pytest.raises(IngestError, match=r"channel_names has 1 names \['x'\] for 2 channels"):
-        ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65, z_step_um=1.0,
+        ingest(src, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65, z_step_um=1.0,
                channel_names=["x"])
     with pytest.raises(IngestError, match=r"channel_names has channels \['RFP'\] that are not in the files"):
-        ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65, z_step_um=1.0,
+        ingest(src, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65, z_step_um=1.0,
                channel_names={"RFP": "x"})
-    out = ingest(tmp_path, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65, z_step_um=0.5,
+    out = ingest(src, tmp_path / "p.zarr", pattern=pattern, pixel_size_um=0.65, z_step_um=0.5,
                  focal_plane=4, channel_names={"GFP": "tubulin"},
                  optics=Optics(na=0.45, pixel_size_um=1.0))
     plate = open_plate(out)
@@ -564,8 +575,8 @@ def test_cli_ingests_and_reports_errors_in_one_line(tmp_path):
     again = _cli(str(src), str(tmp_path / "p.zarr"))
     assert again.returncode == 2
     assert again.stderr.strip() == (
-        f"plate-refocus ingest: error: output {str(tmp_path / 'p.zarr')!r} exists; "
-        "pass overwrite=True (--overwrite) to replace it"
+        f"plate-refocus ingest: error: {str(tmp_path / 'p.zarr')!r} already exists; nothing was "
+        "changed: pass --overwrite to replace it, or choose another path"
     )
     missing = _cli(str(tmp_path / "nowhere"), str(tmp_path / "q.zarr"))
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1

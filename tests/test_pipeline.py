@@ -45,7 +45,9 @@ def test_dataset_layout_coordinates_and_attributes(results, tiny_plate):
                 "created", "source_plate"):
         assert ds.attrs[key], key
     assert ds.attrs["model_name"] == "tiny-test"
-    assert int(ds["well_done"].sum()) == 2
+    assert list(ds["well_status"].values) == [1, 1] and list(ds["well_error"].values) == ["", ""]
+    assert ds["plane_flags"].dims == ("well", "field", "z") and int(ds["plane_flags"].sum()) == 0
+    assert ds.attrs["format"] == "plate_refocus.results/2"
 
 
 def test_results_open_lazily_with_plain_xarray(results):
@@ -117,13 +119,12 @@ def test_bad_channel_and_reference_are_explained(tiny_plate, tiny_model, client,
 def test_building_well_graphs_computes_nothing_and_stays_small(tiny_plate, tiny_model, tmp_path):
     import cloudpickle
 
-    from plate_refocus.pipeline import _resolve, plate_graph_size, well_graph
+    from plate_refocus.pipeline import plan_run, plate_graph_size, well_graph
 
     def refuse(*args, **kwargs):
         raise AssertionError("building the graph computed something")
 
-    plan = _resolve(tiny_plate, tmp_path / "unused.zarr", model=tiny_model, channel=None,
-                    reference="refocused", backend="numpy", gpu=False)
+    plan = plan_run(tiny_plate, tmp_path / "unused.zarr", model=tiny_model)
     with dask.config.set(scheduler=refuse):
         graph = dict(well_graph(plan, 0).__dask_graph__())
         total, largest, tasks = plate_graph_size(plan)
@@ -171,9 +172,9 @@ def test_killed_run_resumes_only_unfinished_wells(tiny_model, client, tmp_path):
     done = np.zeros(8, bool)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and (out / "well_done").exists():
+        if out.exists() and (out / "well_status").exists():
             try:
-                done = np.asarray(zarr.open_group(str(out), mode="r")["well_done"][:]).astype(bool)
+                done = np.asarray(zarr.open_group(str(out), mode="r")["well_status"][:]) == 1
             except Exception:  # the store may be mid-creation
                 pass
             if done.any():
@@ -184,7 +185,7 @@ def test_killed_run_resumes_only_unfinished_wells(tiny_model, client, tmp_path):
             pass
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
-    done = np.asarray(zarr.open_group(str(out), mode="r")["well_done"][:]).astype(bool)
+    done = np.asarray(zarr.open_group(str(out), mode="r")["well_status"][:]) == 1
     assert 0 < done.sum() < 8, f"could not stop the run part way (done: {done})"
     resumed = _run_cli(*base, "--resume")
     stdout, stderr = resumed.communicate(timeout=600)
@@ -227,7 +228,8 @@ def test_missing_planes_of_an_ingested_plate_are_nan_and_left_out(tiny_model, cl
     from tests.test_ingest import write_bbbc006_like
 
     write_bbbc006_like(tmp_path / "src", wells=("a01",), sites=(1, 2), channels=(1,),
-                       planes=(0, 1, 2), shape=(48, 64), skip={("a01", 2, 1, 1)})
+                       planes=(0, 1, 2), shape=(48, 64), skip={("a01", 2, 1, 1)},
+                       structured=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plate = ingest(tmp_path / "src", tmp_path / "plate.zarr", focal_plane=0, client=client)
@@ -239,3 +241,5 @@ def test_missing_planes_of_an_ingested_plate_are_nan_and_left_out(tiny_model, cl
     assert np.isfinite(np.delete(refocused.reshape(6, -1), 1 * 3 + 1, axis=0)).all()
     assert np.isnan(ds["sharpness"].isel(well=0, field=1, z=1).values).all()
     assert np.isfinite(ds["otf_radial"].values).all()  # the other field still gives a PSF
+    flags = ds["plane_flags"].isel(well=0).values
+    assert flags[1, 1] == 1 and np.delete(flags.ravel(), 1 * 3 + 1).tolist() == [0] * 5

@@ -227,7 +227,7 @@ def test_write_plate_refuses_to_overwrite_unless_asked(tmp_path):
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
-    with pytest.raises(OutputExistsError, match="not a zarr store"):
+    with pytest.raises(OutputExistsError, match="not a plate written by plate-refocus"):
         write_small(folder, overwrite=True)
     assert (folder / "keep.txt").read_text() == "mine"
 

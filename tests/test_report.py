@@ -51,7 +51,7 @@ def test_report_of_a_partial_run_uses_done_wells_only(results, tmp_path):
     path, _ = results
     copy = tmp_path / "partial.zarr"
     shutil.copytree(path, copy)
-    done = zarr.open_array(str(copy), path="well_done", mode="r+")
+    done = zarr.open_array(str(copy), path="well_status", mode="r+")
     done[1] = 0  # as if the run was killed before A02 finished
     rows = depth_summary(copy)
     assert all(r.wells == 1 for r in rows)

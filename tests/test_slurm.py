@@ -227,17 +227,17 @@ def test_run_on_slurm_survives_a_cancelled_worker_job(plate_and_local_results, t
         if proc.poll() is not None:
             return True  # finished (or failed) before we could cancel: _finish tells
         try:
-            done = zarr.open_group(str(out), mode="r")["well_done"][:]
+            done = zarr.open_group(str(out), mode="r")["well_status"][:]
         except Exception:  # not created yet, or mid-creation
             return False
-        return bool(np.asarray(done).any())
+        return bool((np.asarray(done) == 1).any())
 
     _wait_for(first_well_done, 120, "the first well to be written", every=0.05)
     jobs = _squeue(job_name)
     assert proc.poll() is None and len(jobs) == 2, "the run ended before a job could be cancelled"
     victim = sorted(jobs)[0]
     subprocess.run(["scancel", victim], check=True, timeout=10)
-    done_at_cancel = int(np.asarray(zarr.open_group(str(out), mode="r")["well_done"][:]).sum())
+    done_at_cancel = int((np.asarray(zarr.open_group(str(out), mode="r")["well_status"][:]) == 1).sum())
 
     text = _finish(proc, log)
     assert done_at_cancel < 24, "all wells were done before the cancel: nothing was tested"

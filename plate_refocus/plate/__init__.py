@@ -1,0 +1,86 @@
+"""OME-Zarr HCS plates: the only code that knows where a plate's pixels live.
+
+Layout written by :func:`write_plate` (NGFF 0.5 on zarr v3 by default; NGFF
+0.4 on zarr v2 with ``ngff_version="0.4"``)::
+
+    plate.zarr/                 plate group: "ome" -> "plate" (every row and column of
+                                the physical plate, the acquired wells, field_count),
+                                "plate_refocus" -> our metadata (see below)
+      A/1/                      well group: "ome" -> "well" -> images [{"path": "0"}, ...]
+      A/1/0/                    image group (one field): "ome" -> "multiscales" (one level)
+      A/1/0/0                   array (c, z, y, x), one (y, x) plane per chunk
+      ground_truth/             optional, ignored by NGFF tools: object, in_focus
+                                (well, field, c, y, x), otf_radial (z, freq), freq (freq,)
+
+Axes are ``c, z, y, x`` with units of micrometer; the ``scale`` transform
+carries ``(1, dz, dy, dx)``. NGFF can only describe evenly spaced planes, so
+when the depths are not evenly spaced (the report's 0, 2, ..., 10, 15, ...,
+40 um) the scale holds the *smallest* step and the exact positions are in
+``plate_refocus.z_um``; the reader uses the exact positions when they are
+there. Our own metadata, under the ``"plate_refocus"`` attribute key of the
+plate group: ``optics`` (:meth:`Optics.to_dict`), ``camera`` (or null),
+``focal_plane`` (plane index or null), ``z_um``, ``channel_names``,
+``ground_truth`` (group name or null), ``written_by`` (the command) and
+anything passed as ``extra_attrs``.
+
+Modules: :mod:`.names` (plate formats and well names), :mod:`.ngff` (store
+conventions), :mod:`.write` (writing), :mod:`.read` (:class:`PlateLayout`,
+:func:`open_plate`, :func:`read_plane`), :mod:`.info` (summaries).
+"""
+
+from __future__ import annotations
+
+from .info import format_info, plate_info
+from .names import (
+    PLATE_FORMATS,
+    check_plate_format,
+    format_for,
+    parse_well,
+    plate_axis,
+    row_index,
+    row_name,
+    well_name,
+    wells_for,
+)
+from .ngff import ATTRS_KEY, GROUND_TRUTH, compressor
+from .read import (
+    PlateLayout,
+    data_range,
+    missing_planes,
+    open_ground_truth,
+    open_plate,
+    read_layout,
+    read_plane,
+    truth_plane,
+    warn_assumed_optics,
+)
+from .write import PlateTargets, create_plate, write_plate
+
+__all__ = [
+    "ATTRS_KEY",
+    "GROUND_TRUTH",
+    "PLATE_FORMATS",
+    "PlateLayout",
+    "PlateTargets",
+    "check_plate_format",
+    "compressor",
+    "create_plate",
+    "data_range",
+    "format_for",
+    "format_info",
+    "missing_planes",
+    "open_ground_truth",
+    "open_plate",
+    "parse_well",
+    "plate_axis",
+    "plate_info",
+    "read_layout",
+    "read_plane",
+    "row_index",
+    "row_name",
+    "truth_plane",
+    "warn_assumed_optics",
+    "well_name",
+    "wells_for",
+    "write_plate",
+]
