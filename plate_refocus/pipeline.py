@@ -45,6 +45,7 @@ from .errors import OutputExistsError, PlateLayoutError
 from .optics import Optics
 from .plate import PlateLayout, read_layout, read_plane, truth_plane
 from .results import (
+    PLANE_FLAG_NAMES,
     PLANE_MISSING,
     PLANE_NO_REFERENCE,
     PLANE_NO_SIGNAL,
@@ -84,6 +85,8 @@ __all__ = [
 #: ``"refocused"``: the U-Net output of the same plane (estimates ``K_z / K_0``);
 #: ``"focal-plane"``: the stack's own in-focus plane (needs ``focal_plane`` metadata).
 REFERENCES = ("refocused", "focal-plane")
+#: The run's log, inside the results store (zarr readers ignore it).
+RUN_LOG = "run.log"
 #: Smallest image side a run accepts: the 33 x 33 PSF and the 11-px SSIM window must fit.
 MIN_IMAGE_SIZE = PSF_SIZE
 
@@ -546,10 +549,9 @@ def execute_run(
     """Create (or reopen) the results store and compute the plan's wells on ``client``.
 
     A well whose tasks raise is marked failed (``well_status`` 2, the reason in
-    ``well_error``) and the run goes on; the summary lists the failures.
+    ``well_error``) and the run goes on; the summary lists the failures. The
+    package's log records of the run also go to ``OUT/run.log``.
     """
-    from distributed import CancelledError, as_completed
-
     layout = plan.layout
     if plan.statuses is None:
         try:
@@ -563,6 +565,39 @@ def execute_run(
             plan = _with_statuses(plan, statuses, [layout.wells[i] for i in plan.wells])
     writer = ResultsWriter.open(plan.out)
     job = dataclasses.replace(plan.job, writer=writer)
+    with _run_log(plan.out / RUN_LOG):
+        log.info("run of %s into %s: %d wells to compute (%d already done), %d fields x %d "
+                 "planes each, model %s, reference %s", layout.path, plan.out, len(plan.wells),
+                 len(plan.skipped), layout.n_fields, layout.n_z, plan.attrs["model_name"],
+                 plan.attrs["reference"])
+        summary = _compute_wells(plan, job, client, max_wells_in_flight, on_well_done)
+        log.info("finished: %d wells computed, %d failed, %d skipped, %.1f s",
+                 len(summary.wells_computed), len(summary.wells_failed),
+                 len(summary.wells_skipped), summary.seconds)
+    return summary
+
+
+@contextlib.contextmanager
+def _run_log(path: Path) -> Iterator[None]:
+    """Also write this package's log records (INFO and up, as the logger lets through) to ``path``."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package = logging.getLogger("plate_refocus")
+    package.addHandler(handler)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        handler.close()
+
+
+def _compute_wells(plan: RunPlan, job: _Job, client: Any, max_wells_in_flight: int | None,
+                   on_well_done: Callable[[str, int, int], None] | None) -> RunSummary:
+    """Submit the plan's wells a few at a time; record each as done or failed as it ends."""
+    from distributed import CancelledError, as_completed
+
+    layout, writer = plan.layout, job.writer
     names = list(layout.wells)
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     window = max_wells_in_flight or 2 * n_workers
@@ -601,6 +636,8 @@ def execute_run(
             flags = outcome["flags"]
             writer.set_status(index, WELL_DONE)
             computed.append(names[index])
+            log.info("well %s done (%d of %d)", names[index], len(computed) + len(failed),
+                     len(plan.wells))
             _log_flags(names[index], flags, layout)
             for bit in range(4):
                 flag_totals[bit] += int(np.count_nonzero(flags & (1 << bit)))
@@ -609,8 +646,6 @@ def execute_run(
         submit_next()
     seconds = time.perf_counter() - start
     writer.finish()
-    from .results import PLANE_FLAG_NAMES
-
     return RunSummary(
         out=plan.out,
         wells_total=len(names),

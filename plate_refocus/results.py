@@ -54,6 +54,8 @@ __all__ = [
     "ResultsWriter",
     "open_results",
     "describe_flags",
+    "results_info",
+    "format_results_info",
     "flag_counts",
     "settings_for_resume",
 ]
@@ -392,6 +394,62 @@ def open_results(path: str | os.PathLike, **open_kwargs: Any):
             return xr.open_zarr(path, **open_kwargs)
     except Exception as error:  # noqa: BLE001 - any unreadable store
         raise NotAPlateError(f"{str(path)!r} cannot be opened as a results store: {error}") from error
+
+
+def results_info(path: str | os.PathLike) -> dict[str, Any]:
+    """What a results store holds, from its small variables and attributes (no images read).
+
+    Returns
+    -------
+    dict
+        ``path``, ``format``, ``source_plate``, ``channel``, ``method``, ``reference``,
+        ``model_name``, ``model_sha256``, ``created``, ``command_line``, ``wells``
+        (count), ``done``/``failed``/``pending`` (well names), ``errors`` (well ->
+        why), ``planes_flagged`` (flag -> count), ``complete`` (every well done).
+    """
+    ds = open_results(path, chunks=None)
+    names = [str(w) for w in ds["well"].values]
+    status = np.asarray(ds["well_status"].values)
+    errors = [str(e) for e in ds["well_error"].values] if "well_error" in ds else [""] * len(names)
+    flags = np.asarray(ds["plane_flags"].values) if "plane_flags" in ds else np.zeros(1, np.uint8)
+    done = status == WELL_DONE
+    keys = ("format", "source_plate", "channel", "method", "reference", "model_name",
+            "model_sha256", "created", "command_line")
+    return {
+        "path": str(path),
+        **{key: ds.attrs.get(key) for key in keys},
+        "wells": len(names),
+        "done": [n for n, d in zip(names, done, strict=True) if d],
+        "failed": [n for n, s in zip(names, status, strict=True) if s == WELL_FAILED],
+        "pending": [n for n, s in zip(names, status, strict=True) if s == WELL_PENDING],
+        "errors": {n: e for n, e in zip(names, errors, strict=True) if e},
+        "planes_flagged": {k: v for k, v in flag_counts(flags[done] if done.any() else flags[:0]).items() if v},
+        "complete": bool(done.all()),
+    }
+
+
+def format_results_info(info: Mapping[str, Any]) -> str:
+    """The text ``plate-refocus info RESULTS`` prints."""
+    def wells(names: list[str]) -> str:
+        return ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+
+    lines = [
+        f"results      {info['path']} ({info['format']})",
+        f"source plate {info['source_plate']} (channel {info['channel']})",
+        f"method       {info['method']}, PSF reference {info['reference']}",
+        f"model        {info['model_name']} ({str(info['model_sha256'])[:12]})",
+        f"created      {info['created']} by: {info['command_line']}",
+        f"wells        {len(info['done'])} of {info['wells']} done"
+        + (f"; FAILED: {wells(info['failed'])}" if info["failed"] else "")
+        + (f"; not done yet: {wells(info['pending'])}" if info["pending"] else ""),
+    ]
+    for well, error in list(info["errors"].items())[:5]:
+        lines.append(f"  {well}: {error}")
+    for text, count in info["planes_flagged"].items():
+        lines.append(f"flagged      {count} planes {text}")
+    lines.append("complete     " + ("yes" if info["complete"] else
+                                   "no: finish it with plate-refocus run PLATE OUT --resume"))
+    return "\n".join(lines)
 
 
 def describe_flags(flags: int) -> str:

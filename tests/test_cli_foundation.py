@@ -46,7 +46,9 @@ def test_simulate_help_is_complete_and_exact():
     flags = ["--rows", "--columns", "--fields", "--depths", "--size", "--seed", "--na", "--wavelength",
              "--immersion-index", "--pixel-size", "--photons", "--read-noise", "--offset", "--bit-depth",
              "--channels", "--plate-format", "--ngff-version", "--workers", "--overwrite", "--no-progress"]
-    declared = {s for a in parser._actions for s in a.option_strings} - {"-h", "--help"}
+    # -v/-q are accepted after every command's name as well as before it
+    declared = {s for a in parser._actions for s in a.option_strings} - {
+        "-h", "--help", "-v", "--verbose", "-q", "--quiet"}
     assert declared == set(flags)
     for action in parser._actions:
         for flag in action.option_strings:
@@ -66,7 +68,8 @@ def test_simulate_help_is_complete_and_exact():
 
 def test_info_help_is_complete():
     parser = subparser("info")
-    declared = {s for a in parser._actions for s in a.option_strings} - {"-h", "--help"}
+    declared = {s for a in parser._actions for s in a.option_strings} - {
+        "-h", "--help", "-v", "--verbose", "-q", "--quiet"}
     assert declared == {"--json", "--z-step"}
     assert "PLATE" in parser.format_help()
 

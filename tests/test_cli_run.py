@@ -54,6 +54,21 @@ def test_run_prints_dashboard_progress_and_summary(tiny_plate, tiny_model, tmp_p
     assert "2/2 wells" in done.stderr
     assert "done: 2 wells computed of 2; 4 fields, 12 planes" in done.stdout
     assert f"xr.open_zarr({str(out)!r})" in done.stdout
+    assert "2/2 wells" in done.stderr and "done)" in done.stderr  # the progress line's ETA slot
     assert xr.open_zarr(out)["refocused"].sizes["well"] == 2
+    log = (out / "run.log").read_text()
+    assert "well A01 done" in log and "well A02 done" in log and "finished: 2 wells computed" in log
     again = cli("run", str(tiny_plate), str(out), "--model", str(tiny_model), "--workers", "1")
     assert again.returncode == 2 and "pass --resume to finish it or --overwrite" in again.stderr
+    # info describes a results store instead of refusing it
+    info = cli("info", str(out))
+    assert info.returncode == 0, info.stderr
+    assert "2 of 2 done" in info.stdout and "complete     yes" in info.stdout
+    assert "tiny-test" in info.stdout and "method       unet" in info.stdout
+    # -v/-q are accepted after the command as well as before it; -q drops the progress line
+    quiet = cli("run", str(tiny_plate), str(out), "--model", str(tiny_model), "--overwrite",
+                "--workers", "1", "-q")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "wells (last" not in quiet.stderr and "done: 2 wells computed of 2" in quiet.stdout
+    verbose = cli("-q", "info", str(out), "-v")
+    assert verbose.returncode == 0

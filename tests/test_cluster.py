@@ -20,6 +20,8 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.security import Security
 
 from plate_refocus import cluster
+from plate_refocus.cli import cluster_flags
+from plate_refocus.cluster.keeper import JobKeeper
 from plate_refocus.errors import ClusterError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "cluster"
@@ -34,14 +36,14 @@ def home(tmp_path, monkeypatch):
 
 
 def _parse(*argv: str) -> argparse.Namespace:
-    return cluster.add_cluster_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+    return cluster_flags.add_cluster_arguments(argparse.ArgumentParser()).parse_args(list(argv))
 
 
 # --- local clusters ---------------------------------------------------------------------------
 
 
 def test_local_client_from_args_has_worker_processes_and_a_live_dashboard():
-    with cluster.client_from_args(_parse("--workers", "2", "--dashboard-address", ":0")) as client:
+    with cluster_flags.client_from_args(_parse("--workers", "2", "--dashboard-address", ":0")) as client:
         workers = client.scheduler_info()["workers"]
         assert len(workers) == 2
         assert all(w["nthreads"] == 1 for w in workers.values())
@@ -59,7 +61,7 @@ def test_local_client_from_args_has_worker_processes_and_a_live_dashboard():
 
 def test_attach_to_running_scheduler_by_address():
     with cluster.start_client("local", workers=1, dashboard_address=":0") as first:
-        with cluster.client_from_args(_parse("--scheduler", first.scheduler.address)) as second:
+        with cluster_flags.client_from_args(_parse("--scheduler", first.scheduler.address)) as second:
             assert second.scheduler.address == first.scheduler.address
             assert second.submit(np.multiply, 3, 4).result() == 12
         # Detaching does not close the cluster it attached to.
@@ -74,7 +76,7 @@ def test_missing_scheduler_file_is_a_cluster_error(tmp_path):
 
 
 def test_local_gpu_flag_gives_workers_the_gpu_resource():
-    with cluster.client_from_args(_parse("--workers", "1", "--gpu", "--dashboard-address", ":0")) as client:
+    with cluster_flags.client_from_args(_parse("--workers", "1", "--gpu", "--dashboard-address", ":0")) as client:
         (worker,) = client.scheduler_info()["workers"].values()
         assert worker["resources"] == {cluster.GPU_RESOURCE: 1}
 
@@ -240,7 +242,7 @@ def _example(name: str) -> dict:
 )
 def test_job_script_for_each_example_config(home, example, kind, argv, expected):
     with dask.config.set(_example(example)):
-        script = cluster.job_script(_parse("--cluster", kind, *argv))
+        script = cluster_flags.job_script_for_args(_parse("--cluster", kind, *argv))
     for text in expected:
         assert text in script, f"{text!r} missing from\n{script}"
     if "--no-tls" in argv:
@@ -255,12 +257,12 @@ def test_job_script_for_each_example_config(home, example, kind, argv, expected)
 
 
 def test_job_script_for_local_and_attached_runs_is_a_comment():
-    assert cluster.job_script(_parse()).startswith("# --cluster local")
-    assert "no job script" in cluster.job_script(_parse("--scheduler", "tcp://h:8786"))
+    assert cluster_flags.job_script_for_args(_parse()).startswith("# --cluster local")
+    assert "no job script" in cluster_flags.job_script_for_args(_parse("--scheduler", "tcp://h:8786"))
 
 
 def test_cli_flags_map_onto_start_client_options():
-    options = cluster.cluster_options_from_args(
+    options = cluster_flags.cluster_options_from_args(
         _parse("--cluster", "slurm", "--jobs", "3", "--job-extra=--gres=gpu:1",
                "--job-extra=--qos=x", "--gpu", "--no-tls", "--interface", "ib0")
     )
@@ -291,7 +293,7 @@ def test_job_keeper_replaces_a_job_whose_workers_left_the_scheduler():
 
     fake = SimpleNamespace(worker_spec={"job-0": {}, "job-1": {}, "job-2": {}},
                            scheduler_info={"workers": {}})
-    keeper = object.__new__(cluster._JobKeeper)  # no thread: drive the check by hand
+    keeper = object.__new__(JobKeeper)  # no thread: drive the check by hand
     keeper._cluster, keeper._last_connected = fake, {}
     connected = {"a": {"name": "job-0"}, "b": {"name": "job-1-0"}, "c": {"name": "job-1-1"}}
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "0s"}):
@@ -338,7 +340,7 @@ def test_job_keeper_never_gives_a_replacement_the_lost_jobs_name():
     scale(2)
     fake.scheduler_info["workers"] = {"a": {"name": "SLURMCluster-0"},
                                       "b": {"name": "SLURMCluster-1"}}
-    keeper = object.__new__(cluster._JobKeeper)  # no thread: drive the check by hand
+    keeper = object.__new__(JobKeeper)  # no thread: drive the check by hand
     keeper._cluster, keeper._seen, keeper._retired, keeper._last_connected = fake, set(), set(), {}
     keeper._stop = threading.Event()
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "0s"}):
@@ -400,11 +402,10 @@ def test_the_private_names_the_job_keeper_uses_exist_in_the_pinned_versions():
     entries and reads ``job_cls.submit_command``: pyproject pins distributed and dask-jobqueue to
     the releases where these exist, and this test fails on a release that changes them."""
     import inspect
-    import tomllib
     from importlib.metadata import version
     from pathlib import Path
 
-    import dask_jobqueue
+    import tomllib
     from distributed.deploy.spec import SpecCluster
     from packaging.requirements import Requirement
 

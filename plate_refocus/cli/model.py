@@ -1,0 +1,158 @@
+"""``train`` and ``evaluate``: the refocusing network."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .common import float_list
+
+
+def _add_train(subparsers) -> None:
+    from ..train import TrainConfig
+    from ..unet import UNetConfig
+
+    net, tc = UNetConfig(), TrainConfig()
+    p = subparsers.add_parser(
+        "train",
+        help="train a refocusing U-Net on a plate (simulated, or a real z-stack with a focal plane)",
+        description="Train a U-Net that maps every defocused plane of PLATE to its in-focus image: "
+        "the ground-truth in-focus image of a simulated plate (--target ground-truth), or the plane "
+        "at the focal index of a real z-stack (--target focal-plane). Patches stream from the zarr "
+        "plate; wells are split into training and validation sets; the model with the best "
+        "validation loss is written to OUT (.keras) with its metadata (.json) after every epoch "
+        "that improves it, so it can be stopped at any time.",
+    )
+    p.add_argument("plate", metavar="PLATE", help="an OME-Zarr HCS plate")
+    p.add_argument("--out", required=True, help="model file to write, e.g. model.keras")
+    data = p.add_argument_group("data")
+    data.add_argument("--target", choices=["ground-truth", "focal-plane"], default="ground-truth",
+                      help="what the network learns to produce (default ground-truth)")
+    data.add_argument("--focal-index", type=int, default=None,
+                      help="0-based in-focus plane for --target focal-plane (default: the plate's)")
+    data.add_argument("--depths", type=float_list, default=None,
+                      help="train on the planes at these distances from focus in um (default all)")
+    arch = p.add_argument_group("network")
+    arch.add_argument("--depth", type=int, default=net.depth,
+                      help=f"number of poolings (default {net.depth})")
+    arch.add_argument("--filters", type=int, default=net.filters,
+                      help=f"channels at full resolution, doubled per level (default {net.filters})")
+    arch.add_argument("--full-resolution", choices=["patch", "conv"], default=net.full_resolution,
+                      help="full-resolution level: 2x2 patch convolutions (lean) or two 3x3 "
+                      f"convolutions as in the report (default {net.full_resolution})")
+    arch.add_argument("--no-residual", action="store_true",
+                      help="predict the image itself instead of a correction added to the input")
+    fit = p.add_argument_group("training")
+    fit.add_argument("--patch", type=int, default=tc.patch, help=f"patch size (default {tc.patch})")
+    fit.add_argument("--batch-size", type=int, default=tc.batch_size,
+                     help=f"patches per step (default {tc.batch_size})")
+    fit.add_argument("--steps-per-epoch", type=int, default=tc.steps_per_epoch,
+                     help=f"(default {tc.steps_per_epoch})")
+    fit.add_argument("--epochs", type=int, default=tc.epochs, help=f"at most (default {tc.epochs})")
+    fit.add_argument("--max-time", type=float, default=None,
+                     help="stop after the epoch that passes this many minutes")
+    fit.add_argument("--learning-rate", type=float, default=tc.learning_rate,
+                     help=f"Adam's initial rate, halved on plateaus (default {tc.learning_rate:g})")
+    fit.add_argument("--patience", type=int, default=tc.patience,
+                     help=f"epochs without improvement before halving it (default {tc.patience})")
+    fit.add_argument("--loss", choices=["mse", "ssim"], default=tc.loss,
+                     help=f"mse, or ssim = MSE + 1 - SSIM (default {tc.loss})")
+    fit.add_argument("--weighting", choices=["relative", "none"], default=tc.weighting,
+                     help="relative: divide each patch's loss by its input's error, so every depth "
+                     f"counts equally in dB (default {tc.weighting})")
+    fit.add_argument("--validation-fraction", type=float, default=tc.validation_fraction,
+                     help=f"fraction of wells held out (default {tc.validation_fraction:g})")
+    fit.add_argument("--validation-patches", type=int, default=tc.validation_patches,
+                     help=f"(default {tc.validation_patches})")
+    fit.add_argument("--seed", type=int, default=tc.seed, help=f"(default {tc.seed})")
+    fit.add_argument("--name", default=None, help="model name (default: the file name)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing model at --out (only a model of plate-refocus train)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _train_command(args: argparse.Namespace) -> str:
+    """The ``plate-refocus train`` command line that reproduces ``args`` (for the model's metadata)."""
+    words = ["plate-refocus", "train", args.plate]
+    for key, value in sorted(vars(args).items()):
+        if key in ("plate", "func", "command", "verbose") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            words += [flag, ",".join(f"{v:g}" for v in value)]
+        else:
+            words += [flag, str(value)]
+    return " ".join(words)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..train import TrainConfig, format_progress, train_plate
+    from ..unet import UNetConfig
+
+    try:
+        config = UNetConfig(depth=args.depth, filters=args.filters,
+                            full_resolution=args.full_resolution, residual=not args.no_residual)
+        train = TrainConfig(
+            patch=args.patch, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+            epochs=args.epochs, learning_rate=args.learning_rate, loss=args.loss, seed=args.seed,
+            validation_fraction=args.validation_fraction, validation_patches=args.validation_patches,
+            patience=args.patience, weighting=args.weighting,
+            max_time_s=None if args.max_time is None else 60.0 * args.max_time,
+        )
+    except (ValueError, TypeError) as error:
+        print(f"plate-refocus train: error: {error}", file=sys.stderr)
+        return 2
+    print(f"training {config} on {args.plate} -> {args.out}", flush=True)
+    model = train_plate(
+        args.plate, args.out, config=config, train=train, target=args.target,
+        focal_index=args.focal_index, depths_um=args.depths, name=args.name,
+        command=_train_command(args),
+        progress=lambda record: print(format_progress(record), flush=True),
+        overwrite=args.overwrite,
+    )
+    metrics = model.info.metrics
+    print(f"best validation loss {metrics['val_loss']:.4g} after {model.info.training['steps']} steps; "
+          f"wrote {args.out}")
+    return 0
+
+
+def _add_evaluate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a model against the ground truth of a simulated plate, per depth",
+        description="Refocus every plane of the simulated plate PLATE and print, per depth, PSNR "
+        "(data range from the camera bit depth, 4095 for 12-bit) and SSIM against the in-focus "
+        "ground truth, mean and spread over fields, for the input, the refocused output and "
+        "Wiener deconvolution with the true PSF (the oracle).",
+    )
+    p.add_argument("plate", metavar="PLATE", help="a simulated plate (with ground truth)")
+    p.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    p.add_argument("--depths", type=float_list, default=None, help="only these depths in um")
+    p.add_argument("--fields", type=int, default=None, help="only the first N fields")
+    p.add_argument("--no-wiener", action="store_true", help="skip the Wiener oracle")
+    p.add_argument("--out", action="append", default=[],
+                   help="write the table as CSV or JSON (by extension); may be repeated")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..metrics import evaluate_plate, format_table, write_table
+    from ..unet import load_model
+
+    model = load_model(args.model)
+    start = time.perf_counter()
+    rows, summary = evaluate_plate(
+        args.plate, model, depths_um=args.depths, max_fields=args.fields, wiener=not args.no_wiener,
+        progress=lambda done, total: print(f"field {done}/{total}", file=sys.stderr, flush=True),
+    )
+    print(f"model {model.info.name} ({model.info.sha256[:12]}) on {args.plate}, "
+          f"{time.perf_counter() - start:.0f} s")
+    print(format_table(summary))
+    for path in args.out:
+        write_table(summary, path, extra={"plate": str(args.plate), "model": model.info.name,
+                                          "model_sha256": model.info.sha256})
+        print(f"wrote {path}")
+    return 0
