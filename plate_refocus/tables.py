@@ -28,6 +28,7 @@ __all__ = [
     "FIELD_COLUMNS",
     "WELL_COLUMNS",
     "OUTLIER_Z",
+    "MIN_OUTLIER_RATIO",
     "SHARPNESS_DROP",
     "fields_table",
     "wells_table",
@@ -44,6 +45,9 @@ OUTLIER_Z = 3.5
 #: flagged ``sharpness_drop``; small drops are normal where the input was in focus (the
 #: network removes noise and some fine texture).
 SHARPNESS_DROP = 0.8
+#: ... and a sharpness gain this many times above or below the depth's median: at the focal
+#: plane every gain is ~1.0 with a tiny spread, where 1.04 is "3.5 MADs" off and means nothing.
+MIN_OUTLIER_RATIO = 1.5
 #: Fewest fields at one depth for the outlier flags to be computed.
 _MIN_FOR_OUTLIERS = 5
 
@@ -149,19 +153,24 @@ def _values(ds: Any, name: str, dims: tuple[str, ...]) -> np.ndarray:
     return np.asarray(ds[name].transpose(*dims).values, dtype=np.float64)
 
 
-def _robust_z(values: np.ndarray) -> np.ndarray:
-    """``(x - median) / (1.4826 MAD)`` along axis 0 per column; NaN where too few or no spread."""
-    out = np.full(values.shape, np.nan)
+def _robust_z(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column (axis 1): ``x - median`` and ``(x - median) / (1.4826 MAD)``.
+
+    Both NaN in a column with fewer than 5 finite values; the z-score NaN where MAD is 0.
+    """
+    z = np.full(values.shape, np.nan)
+    deviation = np.full(values.shape, np.nan)
     for j in range(values.shape[1]):
         column = values[:, j]
         finite = np.isfinite(column)
         if finite.sum() < _MIN_FOR_OUTLIERS:
             continue
         median = np.median(column[finite])
+        deviation[:, j] = column - median
         mad = 1.4826 * np.median(np.abs(column[finite] - median))
         if mad > 0:
-            out[:, j] = (column - median) / mad
-    return out
+            z[:, j] = deviation[:, j] / mad
+    return deviation, z
 
 
 def _image_paths(ds: Any) -> np.ndarray:
@@ -234,7 +243,8 @@ def fields_table(ds: Any):
         input by more than :data:`SHARPNESS_DROP`), ``sharpness_outlier`` and ``consistency_outlier`` (robust
         z-score of log sharpness gain, or of consistency, beyond
         :data:`OUTLIER_Z` among the done fields at that depth; needs 5 of
-        them), ``psnr_drop`` (PSNR fell, with ground truth). ``attrs`` holds
+        them; a sharpness gain must also differ from the depth's median by
+        :data:`MIN_OUTLIER_RATIO` times), ``psnr_drop`` (PSNR fell, with ground truth). ``attrs`` holds
         ``complete`` (every well done), ``wells_total``, ``wells_done``,
         ``wells_failed``, ``source_plate``, ``reference``, ``method`` and
         ``columns`` (these descriptions).
@@ -252,11 +262,14 @@ def fields_table(ds: Any):
         gain = sharp[..., 1] / sharp[..., 0]
         log_gain = np.log(np.where(gain > 0, gain, np.nan))
     flat = (n_w * n_f, n_z)
+    gain_off, gain_z = (a.reshape(gain.shape) for a in _robust_z(log_gain.reshape(flat)))
+    _, consistency_z = (a.reshape(gain.shape) for a in _robust_z(consistency.reshape(flat)))
     flags = {
         "missing": ~np.isfinite(sharp).all(axis=-1),
         "sharpness_drop": gain < SHARPNESS_DROP,
-        "sharpness_outlier": np.abs(_robust_z(log_gain.reshape(flat))).reshape(gain.shape) > OUTLIER_Z,
-        "consistency_outlier": np.abs(_robust_z(consistency.reshape(flat))).reshape(gain.shape) > OUTLIER_Z,
+        "sharpness_outlier": (np.abs(gain_z) > OUTLIER_Z)
+        & (np.abs(gain_off) > np.log(MIN_OUTLIER_RATIO)),
+        "consistency_outlier": np.abs(consistency_z) > OUTLIER_Z,
         "psnr_drop": psnr[..., 1] < psnr[..., 0],
     }
     text = np.full(gain.shape, "", dtype=object)
