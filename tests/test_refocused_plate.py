@@ -149,14 +149,15 @@ def test_whole_fields_validate_and_read_back_at_every_level(tmp_path, dtype, lay
         expected = downsample_2x(expected)
 
 
-def test_ome_zarr_py_reads_the_plate_and_every_level(tmp_path):
+@pytest.mark.parametrize("layout", ["field", "plane"])
+def test_ome_zarr_py_reads_the_plate_and_every_level(tmp_path, layout):
     """What napari-ome-zarr does: ome_zarr's Reader over parse_url, per image and per plate."""
     pytest.importorskip("ome_zarr", minversion="0.18", reason="ome-zarr >= 0.18 needs Python > 3.11")
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
     values = fields()
-    plate = make(tmp_path / "r.zarr", layout="field")
+    plate = make(tmp_path / "r.zarr", layout=layout)
     for w in range(len(WELLS)):
         for f in range(2):
             write_field(plate, w, f, values[w, f])
@@ -244,3 +245,13 @@ def test_open_refocused_reads_metadata_only_and_refuses_input_plates(tmp_path, t
     assert chunk_reads.chunks == [] and view.chunks[-2:] == ((SHAPE[0],), (SHAPE[1],))
     with pytest.raises(NotAPlateError, match="not a refocused plate"):
         open_refocused(tiny_plate)
+
+
+def test_wells_keep_the_writers_order(tmp_path):
+    plate = create_refocused_plate(
+        tmp_path / "r.zarr", wells=["B03", "A01"], plate_rows=8, plate_columns=12, n_fields=1,
+        z_um=[0.0], shape=(8, 8), optics=Optics(), channel_name="actin")
+    write_field(plate, "B03", 0, np.full((1, 8, 8), 7.0))
+    view = open_refocused(plate.path)
+    assert view["well"].values.tolist() == ["B03", "A01"]
+    assert float(view.sel(well="B03").max()) == 7.0 and np.isnan(view.sel(well="A01")).all()
