@@ -121,12 +121,12 @@ def write_before(path: Path, planes, n_wells, n_fields) -> None:
     """Today's results-store variable: (well, field, z, y, x) float32, a chunk per plane."""
     import zarr
 
-    from plate_refocus.plate import _compressor
+    from plate_refocus.plate import compressor
 
     n_z, ny, nx = planes.shape[1:]
     array = zarr.create_array(str(path), shape=(n_wells, n_fields, n_z, ny, nx),
                               chunks=(1, 1, 1, ny, nx), dtype="float32", fill_value=np.nan,
-                              compressors=_compressor(3))
+                              compressors=compressor(3))
     for w in range(n_wells):
         for z in range(n_z):
             for f in range(n_fields):

@@ -83,6 +83,8 @@ DTYPES = ("uint16", "float32")
 LAYOUTS = ("plane", "field")
 #: The uint16 value that marks a missing plane (NaN); valid values are clipped to 0..65534.
 MISSING_UINT16 = 65535
+#: ``plate_refocus.written_by`` of a refocused plate (what ``--overwrite`` may replace).
+WRITER = "refocused_plate"
 #: Key of this layout's description inside the plate's ``plate_refocus`` attributes.
 _META_KEY = "refocused"
 _FORMAT = "plate_refocus.refocused_plate/1"
@@ -269,9 +271,10 @@ def refocused_plate(path: str | os.PathLike) -> RefocusedPlate:
     PlateNotFoundError, NotAPlateError
         No zarr store there, or one that :func:`create_refocused_plate` did not write.
     """
-    from .plate import ATTRS_KEY, _open_root
+    from .plate import ATTRS_KEY
+    from .plate.ngff import open_root
 
-    root = _open_root(os.fspath(path))
+    root = open_root(os.fspath(path))
     meta = root.attrs.asdict().get(ATTRS_KEY, {}).get(_META_KEY)
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise NotAPlateError(
@@ -320,6 +323,7 @@ def create_refocused_plate(
     max_value: float | None = None,
     extra_attrs: dict[str, Any] | None = None,
     overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> RefocusedPlate:
     """Create the refocused plate's groups, metadata and empty arrays (no pixels are written).
 
@@ -361,7 +365,9 @@ def create_refocused_plate(
         JSON-able items added to the ``plate_refocus`` metadata (e.g. the
         source plate and the results store).
     overwrite : bool
-        Replace an existing zarr store at ``path``.
+        Replace an existing refocused plate at ``path`` (never anything else).
+    inputs : sequence of path
+        The run's inputs (the source plate): ``path`` may not be, hold or lie in one.
 
     Returns
     -------
@@ -370,12 +376,15 @@ def create_refocused_plate(
     Raises
     ------
     OutputExistsError
-        ``path`` exists and ``overwrite`` is false.
+        ``path`` exists and ``overwrite`` is false, or it is not a refocused plate.
+    OutputLocationError
+        ``path`` overlaps an input or cannot be created.
     """
     import zarr
     from zarr.core.group import GroupMetadata
 
-    from .plate import _compressor, _create_plate, _multiscales, _omero, _wrap, _z_step
+    from .plate import ATTRS_KEY, compressor, create_plate
+    from .plate.ngff import multiscales, omero, wrap_ome, z_step
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES!r}, got {dtype!r}")
@@ -396,13 +405,14 @@ def create_refocused_plate(
         max_value = MISSING_UINT16 - 1 if dtype == "uint16" else 1.0
 
     # The plate, well and image groups exactly as input plates have them (one owner of the HCS
-    # metadata: plate.py); its level-0 arrays are then replaced by this layout's.
+    # metadata: plate_refocus.plate); its level-0 arrays are then replaced by this layout's.
     plate_shape = (n_w, int(n_fields), 1, n_z, *shape)
-    targets = _create_plate(
+    targets = create_plate(
         path, plate_shape, np.dtype(dtype), wells, optics=optics, z_um=z_um,
         channel_names=[channel_name], plate_rows=plate_rows, plate_columns=plate_columns,
         focal_plane=None, camera=None, ngff_version="0.5", ground_truth=None,
-        extra_attrs=extra_attrs, overwrite=overwrite,
+        extra_attrs={**dict(extra_attrs or {}), "written_by": WRITER}, overwrite=overwrite,
+        inputs=inputs,
     )
     root = zarr.open_group(str(targets.path), mode="r+")
     well_paths = [targets.fields[w][0].path.rsplit("/", 2)[0] for w in range(n_w)]
@@ -411,7 +421,7 @@ def create_refocused_plate(
         n_fields=int(n_fields), z_um=tuple(z_um), shape=shape, levels=tuple(levels),
         dtype=dtype, layout=layout,
     )
-    ms = _multiscales("", optics.pixel_size_um, _z_step(z_um), "0.5")[0]
+    ms = multiscales("", optics.pixel_size_um, z_step(z_um), "0.5")[0]
     base = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
     datasets = []
     for level in range(len(levels)):
@@ -431,15 +441,15 @@ def create_refocused_plate(
         shards = None if (layout == "plane" and level == 0) else (1, n_z, ny, nx)
         array_meta.append(templates.create_array(
             str(level), shape=(1, n_z, ny, nx), chunks=(1, 1, ny, nx), shards=shards, dtype=dtype,
-            fill_value=fill, compressors=_compressor(3), dimension_names=["c", "z", "y", "x"],
+            fill_value=fill, compressors=compressor(3), dimension_names=["c", "z", "y", "x"],
         ).metadata)
-    omero = _omero([channel_name], max_value)
+    rendering = omero([channel_name], max_value)
     nodes: dict[str, Any] = {}
     for w, well in enumerate(wells):
         for f in range(n_fields):
             key = f"{well_paths[w]}/{f}"
             image = dict(ms, name=f"{well} field {f} refocused", datasets=datasets)
-            attrs = _wrap({"multiscales": [image], "omero": omero}, "0.5")
+            attrs = wrap_ome({"multiscales": [image], "omero": rendering}, "0.5")
             nodes[key] = GroupMetadata(attributes=attrs, zarr_format=3)
             nodes.update({f"{key}/{level}": meta for level, meta in enumerate(array_meta)})
     _open_array.cache_clear()  # arrays opened before at this path are gone
@@ -448,8 +458,6 @@ def create_refocused_plate(
         # level's array, written concurrently (one by one, metadata writes cost ~5 ms each).
         for _ in zarr.create_hierarchy(store=root.store, nodes=nodes, overwrite=True):
             pass
-        from .plate import ATTRS_KEY
-
         ours = dict(root.attrs[ATTRS_KEY])
         ours[_META_KEY] = handle.to_dict()
         root.attrs[ATTRS_KEY] = ours

@@ -67,7 +67,8 @@ MONTAGE_SIZE = 384
 
 # The small variables the report reads (never the refocused pixels).
 _SMALL = ("defocus_um", "defocus_err_um", "defocus_blind_um", "defocus_blind_err_um", "sharpness",
-          "psnr", "ssim", "consistency", "otf_radial", "psf", "well_done", "well_status", "well_error")
+          "psnr", "ssim", "consistency", "plane_flags", "otf_radial", "psf", "well_status",
+          "well_error")
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,8 @@ def open_for_report(results: str | os.PathLike | xr.Dataset) -> xr.Dataset:
         raise ResultsNotFoundError(
             f"no results store at {str(path)!r}; give the OUT of 'plate-refocus run PLATE OUT'"
         )
-    from .pipeline import open_results
-    from .plate import _ome
+    from .plate.ngff import ome_metadata
+    from .results import open_results
 
     try:
         # No Dask: whatever the calling process's default scheduler is (e.g. a closed client).
@@ -131,7 +132,7 @@ def open_for_report(results: str | os.PathLike | xr.Dataset) -> xr.Dataset:
     try:
         import zarr
 
-        ome, _ = _ome(zarr.open_group(str(path), mode="r").attrs.asdict())
+        ome, _ = ome_metadata(zarr.open_group(str(path), mode="r").attrs.asdict())
         if "plate" in ome:
             hint = (f"it is an OME-Zarr plate: refocus it with 'plate-refocus run {path} OUT', "
                     "then report OUT")
@@ -269,7 +270,8 @@ def plate_layout(ds: xr.Dataset) -> tuple[list[str], list[str]]:
     rows, columns : list of str
         ``["A", ..., "H"]`` and ``["1", ..., "12"]`` for a 96-well plate.
     """
-    from .plate import PLATE_FORMATS, _ome, parse_well
+    from .plate import PLATE_FORMATS, parse_well
+    from .plate.ngff import ome_metadata
 
     rows = _axis_names(ds.attrs.get("plate_rows"), "rows")
     columns = _axis_names(ds.attrs.get("plate_columns"), "columns")
@@ -280,7 +282,7 @@ def plate_layout(ds: xr.Dataset) -> tuple[list[str], list[str]]:
         try:
             import zarr
 
-            ome, _ = _ome(zarr.open_group(str(source), mode="r").attrs.asdict())
+            ome, _ = ome_metadata(zarr.open_group(str(source), mode="r").attrs.asdict())
             rows = _axis_names(ome["plate"]["rows"], "rows")
             columns = _axis_names(ome["plate"]["columns"], "columns")
             if rows and columns:

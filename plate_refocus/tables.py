@@ -72,8 +72,10 @@ FIELD_COLUMNS: dict[str, str] = {
     "ssim_gain": "ssim_refocused - ssim_input",
     "consistency": "how well the refocused plane, re-blurred by the well's OTF, explains the "
                    "input (NaN when the run did not compute it)",
-    "flags": "';'-separated: missing, sharpness_drop (gain < 0.8), sharpness_outlier, consistency_outlier, "
-             "psnr_drop (empty when none)",
+    "plane_flags": "the run's plane_flags bits: 1 missing at ingest, 2 NaN/infinite pixels, "
+                   "4 no signal above the noise, 8 no usable reference (0 when none)",
+    "flags": "';'-separated: missing, no_signal, no_reference, sharpness_drop (gain < 0.8), "
+             "sharpness_outlier, consistency_outlier, psnr_drop (empty when none)",
     "flagged": "True when flags is not empty",
 }
 
@@ -101,7 +103,8 @@ WELL_COLUMNS: dict[str, str] = {
     "method": "the refocusing method (the results' method attribute; unet when not recorded)",
 }
 
-_FLAGS = ("missing", "sharpness_drop", "sharpness_outlier", "consistency_outlier", "psnr_drop")
+_FLAGS = ("missing", "no_signal", "no_reference", "sharpness_drop", "sharpness_outlier",
+          "consistency_outlier", "psnr_drop")
 
 
 def well_status(ds: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -110,28 +113,34 @@ def well_status(ds: Any) -> tuple[np.ndarray, np.ndarray]:
     Parameters
     ----------
     ds : xarray.Dataset
-        Results with ``well_done`` (well) and, when the run records them,
-        ``well_status`` and ``well_error`` (well) of strings.
+        Results with ``well_status`` (well; 0 pending, 1 done, 2 failed, as
+        :data:`plate_refocus.results.WELL_DONE` etc.) and ``well_error`` (well).
 
     Returns
     -------
     status : (well,) ndarray of str
-        ``well_status`` where present (``"done"``, ``"failed"``, ...), else
-        ``"done"`` where ``well_done == 1`` and ``"pending"`` elsewhere.
+        ``"pending"``, ``"done"`` or ``"failed"`` (``"status N"`` for a code
+        this version does not know).
     error : (well,) ndarray of str
-        ``well_error`` where present, else empty strings.
+        Why a well failed; empty strings when the results carry no ``well_error``.
+
+    Raises
+    ------
+    NotResultsError
+        ``ds`` has no ``well_status``: it is not a results dataset.
     """
-    n = ds.sizes["well"]
-    done = np.asarray(ds["well_done"].values).astype(bool) if "well_done" in ds else np.zeros(n, bool)
-    status = np.where(done, "done", "pending").astype(object)
-    if "well_status" in ds:
-        recorded = np.asarray(ds["well_status"].values)
-        if recorded.dtype.kind in "OUS":
-            given = np.array([str(s) if s is not None and str(s) else "" for s in recorded], dtype=object)
-            status = np.where(given != "", given, status)
-        else:
-            log.warning("well_status of dtype %s is not text; using well_done instead", recorded.dtype)
-    error = np.full(n, "", dtype=object)
+    from .errors import NotResultsError
+    from .results import WELL_DONE, WELL_FAILED, WELL_PENDING
+
+    if "well_status" not in ds:
+        raise NotResultsError(
+            "the dataset has no well_status, so it is not the results of 'plate-refocus run'; "
+            "open a results store with plate_refocus.open_results"
+        )
+    names = {WELL_PENDING: "pending", WELL_DONE: "done", WELL_FAILED: "failed"}
+    codes = np.asarray(ds["well_status"].values).astype(int)
+    status = np.array([names.get(int(c), f"status {int(c)}") for c in codes], dtype=object)
+    error = np.full(ds.sizes["well"], "", dtype=object)
     if "well_error" in ds:
         error = np.array(["" if e is None else str(e) for e in np.asarray(ds["well_error"].values)],
                          dtype=object)
@@ -210,9 +219,9 @@ def fields_table(ds: Any):
     Parameters
     ----------
     ds : xarray.Dataset
-        Results: ``sharpness`` (well, field, z, stage) and ``well_done``
-        (well); ``psnr``, ``ssim`` (well, field, z, stage), ``consistency``
-        (well, field, z), ``well_status``/``well_error`` (well) when present.
+        Results: ``sharpness`` (well, field, z, stage), ``well_status`` and
+        ``well_error`` (well); ``psnr``, ``ssim`` (well, field, z, stage),
+        ``plane_flags`` and ``consistency`` (well, field, z) when present.
         Only these small variables are read.
 
     Returns
@@ -234,12 +243,14 @@ def fields_table(ds: Any):
         ssim_input, _refocused  against the ground truth (NaN without it)
         ssim_gain               refocused - input
         consistency             re-blurred output vs input (NaN when not computed)
+        plane_flags             the run's bits: 1 missing, 2 NaN pixels, 4 no signal, 8 no reference
         flags                   ``;``-separated flag names, ``""`` when none
         flagged                 ``flags != ""``
         ======================  ==================================================
 
-        Flags (done wells only): ``missing`` (no measurement: a missing
-        plane), ``sharpness_drop`` (the refocused plane is less sharp than the
+        Flags (done wells only): ``missing`` (no measurement, or the plane
+        missing at ingest or with NaN pixels), ``no_signal`` and
+        ``no_reference`` (from ``plane_flags``: left out of the PSF), ``sharpness_drop`` (the refocused plane is less sharp than the
         input by more than :data:`SHARPNESS_DROP`), ``sharpness_outlier`` and ``consistency_outlier`` (robust
         z-score of log sharpness gain, or of consistency, beyond
         :data:`OUTLIER_Z` among the done fields at that depth; needs 5 of
@@ -251,6 +262,8 @@ def fields_table(ds: Any):
     """
     import pandas as pd
 
+    from .results import PLANE_MISSING, PLANE_NO_REFERENCE, PLANE_NO_SIGNAL, PLANE_NONFINITE
+
     status, _ = well_status(ds)
     n_w, n_f, n_z = ds.sizes["well"], ds.sizes["field"], ds.sizes["z"]
     dims = ("well", "field", "z", "stage")
@@ -258,6 +271,8 @@ def fields_table(ds: Any):
     psnr = _done_only(ds, status, _values(ds, "psnr", dims))
     ssim = _done_only(ds, status, _values(ds, "ssim", dims))
     consistency = _done_only(ds, status, _values(ds, "consistency", ("well", "field", "z")))
+    plane_flags = (np.asarray(ds["plane_flags"].transpose("well", "field", "z").values, dtype=np.int64)
+                   if "plane_flags" in ds else np.zeros((n_w, n_f, n_z), dtype=np.int64))
     with np.errstate(divide="ignore", invalid="ignore"):
         gain = sharp[..., 1] / sharp[..., 0]
         log_gain = np.log(np.where(gain > 0, gain, np.nan))
@@ -265,7 +280,10 @@ def fields_table(ds: Any):
     gain_off, gain_z = (a.reshape(gain.shape) for a in _robust_z(log_gain.reshape(flat)))
     _, consistency_z = (a.reshape(gain.shape) for a in _robust_z(consistency.reshape(flat)))
     flags = {
-        "missing": ~np.isfinite(sharp).all(axis=-1),
+        "missing": ~np.isfinite(sharp).all(axis=-1)
+        | ((plane_flags & (PLANE_MISSING | PLANE_NONFINITE)) > 0),
+        "no_signal": (plane_flags & PLANE_NO_SIGNAL) > 0,
+        "no_reference": (plane_flags & PLANE_NO_REFERENCE) > 0,
         "sharpness_drop": gain < SHARPNESS_DROP,
         "sharpness_outlier": (np.abs(gain_z) > OUTLIER_Z)
         & (np.abs(gain_off) > np.log(MIN_OUTLIER_RATIO)),
@@ -301,6 +319,7 @@ def fields_table(ds: Any):
         "ssim_refocused": ssim[..., 1].reshape(-1),
         "ssim_gain": (ssim[..., 1] - ssim[..., 0]).reshape(-1),
         "consistency": consistency.reshape(-1),
+        "plane_flags": plane_flags.reshape(-1),
         "flags": _text(text.reshape(-1)),
         "flagged": (text != "").reshape(-1),
     }
@@ -323,7 +342,7 @@ def wells_table(ds: Any, fields: Any = None):
     Parameters
     ----------
     ds : xarray.Dataset
-        Results: ``defocus_um``, ``defocus_err_um`` (well, z), ``well_done``;
+        Results: ``defocus_um``, ``defocus_err_um`` (well, z), ``well_status``;
         ``defocus_blind_um``, ``defocus_blind_err_um`` (well, z) and the
         variables :func:`fields_table` reads when present.
     fields : pandas.DataFrame, optional

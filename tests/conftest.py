@@ -125,13 +125,15 @@ def make_results(wells=("A01", "A02", "B01", "B02", "C05", "H12"), *, fields=2, 
     """A synthetic results dataset with the variables and coordinates a run writes (no pixels).
 
     Fitted |defocus| = nominal |z| + noise, sharpness that falls with depth and rises after
-    refocusing, OTF profiles and PSFs of plausible shape, every well done, attrs as a run's.
+    refocusing, OTF profiles and PSFs of plausible shape, no plane flagged, every well done
+    (``well_status`` 1), attrs as a run's.
     ``extra_vars`` are added as they are (e.g. ``consistency=(("well", "field", "z"), array)``).
     """
     import numpy as np
     import xarray as xr
 
-    from plate_refocus.plate import parse_well
+    from plate_refocus.plate import parse_well, row_name
+    from plate_refocus.results import RESULTS_FORMAT, WELL_DONE
 
     rng = np.random.default_rng(seed)
     n_w, n_f, n_z = len(wells), fields, len(depths_um)
@@ -148,7 +150,9 @@ def make_results(wells=("A01", "A02", "B01", "B02", "C05", "H12"), *, fields=2, 
         "sharpness": (("well", "field", "z", "stage"), np.stack([sharp_in, sharp_out], axis=-1)),
         "otf_radial": (("well", "z", "freq"), np.broadcast_to(otf, (n_w, n_z, freq.size)).copy()),
         "psf": (("well", "z", "py", "px"), psf),
-        "well_done": (("well",), np.ones(n_w, dtype=np.int8)),
+        "plane_flags": (("well", "field", "z"), np.zeros((n_w, n_f, n_z), dtype=np.uint8)),
+        "well_status": (("well",), np.full(n_w, WELL_DONE, dtype=np.int8)),
+        "well_error": (("well",), np.array([""] * n_w, dtype=object)),
     }
     if truth:
         base = 30 - z
@@ -162,7 +166,7 @@ def make_results(wells=("A01", "A02", "B01", "B02", "C05", "H12"), *, fields=2, 
     positions = [parse_well(w) for w in wells]
     coords = {
         "well": list(wells),
-        "row": ("well", [chr(ord("A") + r) for r, _ in positions]),
+        "row": ("well", [row_name(r) for r, _ in positions]),
         "column": ("well", [c for _, c in positions]),
         "field": np.arange(n_f),
         "z": np.arange(n_z),
@@ -170,8 +174,8 @@ def make_results(wells=("A01", "A02", "B01", "B02", "C05", "H12"), *, fields=2, 
         "freq": freq,
         "stage": ["input", "refocused"],
     }
-    attrs = {"format": "plate_refocus.results/1", "reference": "refocused", "source_plate": "",
-             "created": "2026-01-01T00:00:00+00:00", "optics": "{}"}
+    attrs = {"format": RESULTS_FORMAT, "reference": "refocused", "method": "unet",
+             "source_plate": "", "created": "2026-01-01T00:00:00+00:00", "optics": "{}"}
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 

@@ -69,12 +69,17 @@ def test_flags_find_the_fields_that_look_wrong(synthetic_results):
     sharp[4, 0, 2, 1] = sharp[4, 0, 2, 0] * 0.5  # refocusing made this plane blurrier
     sharp[0, 1, 0] = np.nan  # a missing plane
     ds["sharpness"] = (("well", "field", "z", "stage"), sharp)
+    flags = ds["plane_flags"].values.copy()
+    flags[5, 0, 2] = 4 | 8  # the run left it out of the PSF: no signal, no usable reference
+    ds["plane_flags"] = (("well", "field", "z"), flags)
     fields = fields_table(ds)
     flagged = {(r.well, r.field, r.z): r.flags for r in fields[fields.flagged].itertuples()}
     assert flagged[("B01", 1, 1)] == "consistency_outlier"
     assert "sharpness_drop" in flagged[("C05", 0, 2)] and "sharpness_outlier" in flagged[("C05", 0, 2)]
     assert flagged[("A01", 1, 0)] == "missing"
-    assert set(flagged) == {("B01", 1, 1), ("C05", 0, 2), ("A01", 1, 0)}
+    assert flagged[("H12", 0, 2)] == "no_signal;no_reference"
+    assert fields.set_index(["well", "field", "z"]).loc[("H12", 0, 2), "plane_flags"] == 12
+    assert set(flagged) == {("B01", 1, 1), ("C05", 0, 2), ("A01", 1, 0), ("H12", 0, 2)}
     wells = wells_table(ds, fields)
     assert wells.set_index(["well", "z"]).loc[("C05", 2), "fields_flagged"] == 1
     assert wells.set_index(["well", "z"]).loc[("A01", 0), "fields"] == 1
@@ -82,14 +87,11 @@ def test_flags_find_the_fields_that_look_wrong(synthetic_results):
 
 def test_an_unfinished_run_does_not_look_complete(synthetic_results, tmp_path):
     n_w = 6
-    status = np.array(["done", "failed", "done", "", "done", "done"], dtype=object)
+    status = np.array([1, 2, 1, 0, 1, 1], dtype=np.int8)  # A02 failed, B02 never ran
     error = np.array(["", "MemoryError on worker tcp://10.0.0.3", "", "", "", ""], dtype=object)
     blind = np.full((n_w, 3), 4.0)
     ds = synthetic_results(well_status=(("well",), status), well_error=(("well",), error),
                            defocus_blind_um=(("well", "z"), blind))
-    done = ds["well_done"].values.copy()
-    done[[1, 3]] = 0  # A02 failed, B02 never ran
-    ds["well_done"] = (("well",), done)
     wells = wells_table(ds)
     by_well = wells.drop_duplicates("well").set_index("well")
     assert by_well["status"].to_dict() == {"A01": "done", "A02": "failed", "B01": "done",
