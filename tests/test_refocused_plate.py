@@ -255,3 +255,21 @@ def test_wells_keep_the_writers_order(tmp_path):
     view = open_refocused(plate.path)
     assert view["well"].values.tolist() == ["B03", "A01"]
     assert float(view.sel(well="B03").max()) == 7.0 and np.isnan(view.sel(well="A01")).all()
+
+
+def test_overwrite_replaces_only_a_refocused_plate_and_never_an_input(tmp_path, tiny_plate):
+    import shutil
+
+    from plate_refocus.errors import OutputLocationError
+
+    first = make(tmp_path / "r.zarr")
+    write_field(first, 0, 0, fields()[0, 0])
+    again = make(tmp_path / "r.zarr", overwrite=True)  # a refocused plate: replaced
+    assert np.isnan(open_refocused(again.path).values).all()
+    copy = tmp_path / "simulated.zarr"
+    shutil.copytree(tiny_plate, copy)
+    with pytest.raises(OutputExistsError):
+        make(copy, overwrite=True)  # a simulated plate is never replaced by a refocused one
+    with pytest.raises(OutputLocationError, match="is inside the input"):
+        make(copy / "refocused.zarr", inputs=[copy])
+    assert (copy / "zarr.json").exists()
