@@ -124,9 +124,9 @@ def open_for_report(results: str | os.PathLike | xr.Dataset) -> xr.Dataset:
     try:
         # No Dask: whatever the calling process's default scheduler is (e.g. a closed client).
         return open_results(path, chunks=None)
-    except PlateRefocusError as error:
-        reason = _one_line(error)
-    except Exception as error:  # noqa: BLE001 - xarray raises many kinds for a non-results store
+    except PlateRefocusError:
+        reason = None  # not one of ours: said below, with what it is instead
+    except Exception as error:  # noqa: BLE001 - xarray raises many kinds for a broken store
         reason = _one_line(error)
     hint = "give the OUT of 'plate-refocus run PLATE OUT'"
     try:
@@ -139,7 +139,8 @@ def open_for_report(results: str | os.PathLike | xr.Dataset) -> xr.Dataset:
     except Exception:  # noqa: BLE001 - only a better hint is lost
         pass
     raise NotResultsError(
-        f"{str(path)!r} is not a plate_refocus results store ({reason}); {hint}"
+        f"{str(path)!r} is not a results store of plate-refocus run"
+        + (f" ({reason})" if reason else "") + f"; {hint}"
     ) from None
 
 

@@ -91,7 +91,7 @@ def test_report_of_a_partial_run_says_so_and_uses_done_wells_only(results, tmp_p
 def test_what_is_not_a_results_store_is_said_in_one_line(tiny_plate, tmp_path):
     cases = [
         (tiny_plate, NotResultsError, "it is an OME-Zarr plate: refocus it with 'plate-refocus run"),
-        (tmp_path, NotResultsError, "is not a plate_refocus results store"),
+        (tmp_path, NotResultsError, "is not a results store of plate-refocus run; give the OUT"),
         (tmp_path / "nothing.zarr", ResultsNotFoundError, "no results store at"),
     ]
     for path, kind, message in cases:
