@@ -12,15 +12,19 @@ from typing import Any
 
 from .errors import (
     ClusterError,
+    IncompleteResultsWarning,
     IngestError,
     ModelError,
     ModelNotFoundError,
     NotAPlateError,
+    NotResultsError,
     OpticsMismatchWarning,
     OutputExistsError,
     PlateLayoutError,
     PlateNotFoundError,
     PlateRefocusError,
+    ResultsIncompleteError,
+    ResultsNotFoundError,
 )
 
 # Imported eagerly (it needs only NumPy): the function shares its module's name, and a lazy
@@ -57,6 +61,13 @@ _LAZY = {
     "start_client": "cluster",
     "write_report": "report",
     "depth_summary": "report",
+    "create_refocused_plate": "refocused_plate",
+    "write_field": "refocused_plate",
+    "write_pyramid": "refocused_plate",
+    "open_refocused": "refocused_plate",
+    "fields_table": "tables",
+    "wells_table": "tables",
+    "write_tables": "tables",
 }
 
 __all__ = [
@@ -74,6 +85,10 @@ __all__ = [
     "IngestError",
     "ClusterError",
     "OpticsMismatchWarning",
+    "ResultsNotFoundError",
+    "NotResultsError",
+    "ResultsIncompleteError",
+    "IncompleteResultsWarning",
     "ingest",
     "__version__",
     *_LAZY,

@@ -19,6 +19,10 @@ __all__ = [
     "ClusterError",
     "OutputLocationError",
     "PlaneReadError",
+    "ResultsNotFoundError",
+    "NotResultsError",
+    "ResultsIncompleteError",
+    "IncompleteResultsWarning",
 ]
 
 
@@ -56,6 +60,22 @@ class IngestError(PlateRefocusError, ValueError):
 
 class ClusterError(PlateRefocusError, RuntimeError):
     """A Dask cluster that cannot be started or reached."""
+
+
+class ResultsNotFoundError(PlateRefocusError, FileNotFoundError):
+    """The path given as a results store does not exist."""
+
+
+class NotResultsError(PlateRefocusError, ValueError):
+    """The path exists but is not a results store written by ``plate-refocus run``."""
+
+
+class ResultsIncompleteError(PlateRefocusError, RuntimeError):
+    """A results store whose run has not finished a well yet (in progress or interrupted)."""
+
+
+class IncompleteResultsWarning(UserWarning):
+    """Results of a run that is still in progress or was interrupted: some wells are not done."""
 
 
 class OpticsMismatchWarning(UserWarning):

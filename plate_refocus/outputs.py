@@ -61,7 +61,7 @@ DEMO_MARKER = ".plate-refocus-demo"
 #: Every results store's ``format`` attribute starts with this.
 RESULTS_FORMAT_PREFIX = "plate_refocus.results/"
 #: Plates this project wrote say which command wrote them under ``plate_refocus.written_by``.
-PLATE_WRITERS = ("simulate", "ingest", "write_plate")
+PLATE_WRITERS = ("simulate", "ingest", "write_plate", "refocused_plate")
 
 
 def _zarr_attributes(path: Path) -> dict:

@@ -1,15 +1,35 @@
-"""What a run found, at a glance: a per-depth summary table and figures of a results store.
+"""What a run found, at a glance: a self-contained HTML report of a results store.
 
-:func:`depth_summary` reduces the small per-well variables of a results store
-(fitted defocus, sharpness, PSNR/SSIM) to one row per depth;
-:func:`write_report` draws the plate's focus map, one well's OTF profiles and
-PSFs, and the image-quality curves into PNG files. Only the small variables
-are read: the refocused planes stay on disk.
+:func:`depth_summary` reduces the small per-well variables (fitted defocus,
+sharpness, PSNR/SSIM) to one row per depth; :func:`write_report` writes
+``index.html`` (one file: figures embedded as PNG, no network, no scripts
+beyond one line that marks the page ready) and ``summary.md``:
+
+- the run's status (complete, or how many wells are done, failed, pending);
+- plate heat maps on the physical plate's full layout (every row and column,
+  empty wells blank, pending wells hatched, failed wells crossed) of the
+  fitted |defocus| per depth and of the sharpness gain per depth;
+- per-depth quality curves and the per-depth table;
+- one well's recovered OTF profiles with the fit band (where the data carry
+  signal) marked, and its PSFs;
+- input beside refocused for the most and the least improved fields (against
+  the other fields at the same depth) and for flagged fields (the input
+  planes from the source plate, opened read-only; the refocused from the
+  results);
+- the wells table and the flagged fields (:mod:`plate_refocus.tables`).
+
+Only the small variables and the few planes shown are read.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as _dt
+import html
+import json
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +37,38 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["DepthRow", "depth_summary", "format_summary", "write_report"]
+from .errors import (
+    IncompleteResultsWarning,
+    NotResultsError,
+    PlateLayoutError,
+    PlateRefocusError,
+    ResultsIncompleteError,
+    ResultsNotFoundError,
+)
 
-#: Panels of the focus map, at most: the depths are spread over them evenly.
+__all__ = [
+    "DepthRow",
+    "depth_summary",
+    "format_summary",
+    "open_for_report",
+    "plate_layout",
+    "progress_line",
+    "write_report",
+]
+
+log = logging.getLogger(__name__)
+
+#: Panels of the plate maps, at most: the depths are spread over them evenly.
 MAX_MAP_PANELS = 12
+#: Planes in each montage (most improved, least improved, flagged).
+MONTAGE_PLANES = 4
+#: Longest side of a montage tile, px: larger planes are shown 2x-mean downsampled.
+MONTAGE_SIZE = 384
+
+# The small variables the report reads (never the refocused pixels).
+_SMALL = ("defocus_um", "defocus_err_um", "defocus_blind_um", "defocus_blind_err_um", "sharpness",
+          "psnr", "ssim", "consistency", "plane_flags", "otf_radial", "psf", "well_status",
+          "well_error")
 
 
 @dataclass(frozen=True)
@@ -36,21 +84,92 @@ class DepthRow:
     ssim_gain: float  # mean SSIM(refocused) - SSIM(input); NaN without ground truth
 
 
-def _open(results: str | os.PathLike | xr.Dataset) -> xr.Dataset:
+# --- opening and status -------------------------------------------------------------------------
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+def open_for_report(results: str | os.PathLike | xr.Dataset) -> xr.Dataset:
+    """A results dataset, or an error that says in one line why the path is not one.
+
+    Parameters
+    ----------
+    results : path or xarray.Dataset
+        A results store written by ``plate-refocus run`` (opened without Dask:
+        the report reads a few small arrays), or the dataset itself.
+
+    Raises
+    ------
+    ResultsNotFoundError
+        Nothing at the path.
+    NotResultsError
+        Something that is not a results store (an input plate, another zarr
+        store, a folder).
+    """
     if isinstance(results, xr.Dataset):
         return results
+    if not isinstance(results, (str, os.PathLike)):
+        raise TypeError(f"results must be a path or an xarray.Dataset, got {type(results).__name__}")
+    path = Path(results)
+    if not path.exists():
+        raise ResultsNotFoundError(
+            f"no results store at {str(path)!r}; give the OUT of 'plate-refocus run PLATE OUT'"
+        )
+    from .plate.ngff import ome_metadata
     from .results import open_results
 
-    # No Dask: the summary reads a few small arrays, and must work whatever the
-    # default scheduler of the calling process is (e.g. a client already closed).
-    return open_results(results, chunks=None)
+    try:
+        # No Dask: whatever the calling process's default scheduler is (e.g. a closed client).
+        return open_results(path, chunks=None)
+    except PlateRefocusError:
+        reason = None  # not one of ours: said below, with what it is instead
+    except Exception as error:  # noqa: BLE001 - xarray raises many kinds for a broken store
+        reason = _one_line(error)
+    hint = "give the OUT of 'plate-refocus run PLATE OUT'"
+    try:
+        import zarr
+
+        ome, _ = ome_metadata(zarr.open_group(str(path), mode="r").attrs.asdict())
+        if "plate" in ome:
+            hint = (f"it is an OME-Zarr plate: refocus it with 'plate-refocus run {path} OUT', "
+                    "then report OUT")
+    except Exception:  # noqa: BLE001 - only a better hint is lost
+        pass
+    raise NotResultsError(
+        f"{str(path)!r} is not a results store of plate-refocus run"
+        + (f" ({reason})" if reason else "") + f"; {hint}"
+    ) from None
+
+
+def _status(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    from .tables import well_status
+
+    return well_status(ds)
+
+
+def progress_line(ds: xr.Dataset, name: str = "results") -> str | None:
+    """One line saying that a run is not finished, or None when every well is done."""
+    status, _ = _status(ds)
+    done, failed = int((status == "done").sum()), int((status == "failed").sum())
+    if done == status.size:
+        return None
+    pending = status.size - done - failed
+    return (f"{name}: run not finished: {done} of {status.size} wells done, {failed} failed, "
+            f"{pending} pending (in progress, or interrupted: finish with "
+            f"'plate-refocus run PLATE OUT --resume')")
+
+
+# --- the per-depth summary ----------------------------------------------------------------------
 
 
 def _gain(ds: xr.Dataset, name: str) -> np.ndarray:
     """Mean over wells and fields of ``refocused - input`` per depth (NaN when absent)."""
     if name not in ds:
         return np.full(ds.sizes["z"], np.nan)
-    values = ds[name].values  # (well, field, z, stage)
+    values = ds[name].transpose("well", "field", "z", "stage").values
     with np.errstate(invalid="ignore"):
         diff = values[..., 1] - values[..., 0]
     return _nan_reduce(np.nanmean, diff.reshape(-1, diff.shape[-1]))
@@ -65,6 +184,11 @@ def _nan_reduce(func: Any, values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _done(ds: xr.Dataset) -> xr.Dataset:
+    status, _ = _status(ds)
+    return ds.isel(well=np.flatnonzero(status == "done"))
+
+
 def depth_summary(results: str | os.PathLike | xr.Dataset) -> list[DepthRow]:
     """One row per depth: the fitted defocus over wells and the image-quality gains.
 
@@ -76,14 +200,12 @@ def depth_summary(results: str | os.PathLike | xr.Dataset) -> list[DepthRow]:
     Returns
     -------
     list of DepthRow
-        In the store's ``z`` order. Wells not yet done (``well_status != 1``)
-        are left out, so a partial run summarises what it has.
+        In the store's ``z`` order. Wells not done (pending or failed) are
+        left out, so a partial run summarises what it has.
     """
-    ds = _open(results)
-    done = ds["well_status"].values == 1
-    ds = ds.isel(well=np.flatnonzero(done))
-    fit = ds["defocus_um"].values.reshape(-1, ds.sizes["z"])  # (well, z)
-    sharp = ds["sharpness"].values  # (well, field, z, stage)
+    ds = _done(open_for_report(results))
+    fit = ds["defocus_um"].transpose("well", "z").values.reshape(-1, ds.sizes["z"])
+    sharp = ds["sharpness"].transpose("well", "field", "z", "stage").values
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = (sharp[..., 1] / sharp[..., 0]).reshape(-1, ds.sizes["z"])
     mean, sd = _nan_reduce(np.nanmean, fit), _nan_reduce(np.nanstd, fit)
@@ -123,131 +245,330 @@ def _spread(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
 
 
-def _plate_grid(ds: xr.Dataset, values: np.ndarray) -> tuple[np.ndarray, list[str], list[int]]:
-    """``values`` (per well) laid out as the plate: rows x columns, NaN where no well."""
-    rows = sorted({str(r) for r in ds["row"].values}, key=lambda r: (len(r), r))
-    columns = sorted({int(c) for c in ds["column"].values})
-    grid = np.full((len(rows), len(columns)), np.nan)
-    for value, row, column in zip(values, ds["row"].values, ds["column"].values, strict=True):
-        grid[rows.index(str(row)), columns.index(int(column))] = value
-    return grid, rows, columns
+# --- the plate layout ---------------------------------------------------------------------------
 
 
-def _plot_focus_map(ds: xr.Dataset, path: Path) -> Path:
-    from matplotlib.figure import Figure
+def _axis_names(value: Any, kind: str) -> list[str] | None:
+    from .plate import row_name
 
-    n_z = ds.sizes["z"]
-    picks = _spread(n_z, MAX_MAP_PANELS)
-    fit = ds["defocus_um"].values
-    vmax = float(np.nanmax(fit)) if np.isfinite(fit).any() else 1.0
-    cols = min(4, len(picks))
-    nrows = int(np.ceil(len(picks) / cols))
-    fig = Figure(figsize=(3.6 * cols, 2.8 * nrows))
-    axes = fig.subplots(nrows, cols, squeeze=False)
-    image = None
-    for ax, i in zip(axes.flat, picks, strict=False):
-        grid, rows, columns = _plate_grid(ds, fit[:, i])
-        image = ax.imshow(grid, vmin=0, vmax=vmax, cmap="viridis")
-        ax.set_title(f"z = {float(ds['z_um'][i]):g} um")
-        ax.set_xticks(range(len(columns)), [str(c) for c in columns], fontsize=6)
-        ax.set_yticks(range(len(rows)), rows, fontsize=6)
-    for ax in list(axes.flat)[len(picks):]:
-        ax.axis("off")
-    if image is not None:
-        fig.colorbar(image, ax=axes, label="fitted |defocus| (um)", shrink=0.8)
-    fig.suptitle("focus map: fitted |defocus| per well")
-    fig.savefig(path, dpi=110)
-    return path
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
+        return [row_name(i) for i in range(value)] if kind == "rows" else [str(i + 1) for i in range(value)]
+    if isinstance(value, (list, tuple)) and value:
+        return [str(v["name"]) if isinstance(v, dict) else str(v) for v in value]
+    return None
 
 
-def _plot_well(ds: xr.Dataset, well: str, path: Path) -> Path:
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
+def plate_layout(ds: xr.Dataset) -> tuple[list[str], list[str]]:
+    """Row and column names of the physical plate the results come from.
 
-    w = ds.sel(well=well)
-    n_z = ds.sizes["z"]
-    fig = Figure(figsize=(12, 4.2))
-    ax = fig.add_subplot(1, 2, 1)
-    colours = colormaps["viridis"](np.linspace(0, 1, n_z))
-    for i in range(n_z):
-        label = f"{float(ds['z_um'][i]):g} um: fit {float(w['defocus_um'][i]):.1f}"
-        ax.plot(ds["freq"].values, w["otf_radial"].values[i], color=colours[i], label=label)
-    ax.axhline(0, color="0.6", lw=0.5)
-    support = np.flatnonzero(np.nan_to_num(np.abs(w["otf_radial"].values)).max(axis=0) > 0)
-    if support.size:  # zero beyond the support prior: draw up to just past it
-        ax.set_xlim(0, 1.05 * float(ds["freq"].values[support[-1]]))
-    ax.set_xlabel("spatial frequency (cycles/um)")
-    ax.set_ylabel("otf_radial")
-    ax.set_title(f"well {well}: recovered OTF profiles")
-    ax.legend(fontsize=6, ncol=2)
-    picks = _spread(n_z, 6)
-    for k, i in enumerate(picks):
-        sub = fig.add_subplot(2, 6, 4 + k + (3 if k >= 3 else 0))
-        sub.imshow(w["psf"].values[i], cmap="magma")
-        sub.set_title(f"PSF {float(ds['z_um'][i]):g} um", fontsize=7)
-        sub.axis("off")
-    fig.savefig(path, dpi=110)
-    return path
+    In order of trust: the results' ``plate_rows``/``plate_columns``
+    attributes (counts or name lists; the run should store them), the source
+    plate's NGFF plate metadata (read-only, metadata only), else the smallest
+    standard plate (96, 384, 1536 wells) that holds every well.
+
+    Returns
+    -------
+    rows, columns : list of str
+        ``["A", ..., "H"]`` and ``["1", ..., "12"]`` for a 96-well plate.
+    """
+    from .plate import PLATE_FORMATS, parse_well
+    from .plate.ngff import ome_metadata
+
+    rows = _axis_names(ds.attrs.get("plate_rows"), "rows")
+    columns = _axis_names(ds.attrs.get("plate_columns"), "columns")
+    if rows and columns:
+        return rows, columns
+    source = ds.attrs.get("source_plate")
+    if source and Path(str(source)).exists():
+        try:
+            import zarr
+
+            ome, _ = ome_metadata(zarr.open_group(str(source), mode="r").attrs.asdict())
+            rows = _axis_names(ome["plate"]["rows"], "rows")
+            columns = _axis_names(ome["plate"]["columns"], "columns")
+            if rows and columns:
+                return rows, columns
+        except Exception as error:  # noqa: BLE001 - fall back to the standard formats
+            log.info("plate layout not read from %s (%s); inferring it", source, error)
+    positions = [parse_well(str(w)) for w in ds["well"].values]
+    need_rows = max(r for r, _ in positions) + 1
+    need_columns = max(c for _, c in positions)
+    for wells in (96, 384, 1536):
+        n_rows, n_columns = PLATE_FORMATS[wells]
+        if need_rows <= n_rows and need_columns <= n_columns:
+            break
+    return _axis_names(n_rows, "rows"), _axis_names(n_columns, "columns")
 
 
-def _plot_quality(rows: list[DepthRow], path: Path) -> Path:
-    from matplotlib.figure import Figure
+def _grids(ds: xr.Dataset, rows: list[str], columns: list[str], status: np.ndarray):
+    """Where each well sits on the plate, and the plate's state grid."""
+    from .figures import WELL_STATE
+    from .plate import row_name
 
-    z = np.array([r.z_um for r in rows])
-    fig = Figure(figsize=(12, 3.4), layout="tight")
-    axes = fig.subplots(1, 3)
-    fit = np.array([r.defocus_um for r in rows])
-    sd = np.array([r.defocus_sd_um for r in rows])
-    axes[0].errorbar(np.abs(z), fit, yerr=sd, marker="o", ls="none", label="fitted")
-    top = float(np.nanmax(np.abs(z))) if z.size else 1.0
-    axes[0].plot([0, top], [0, top], color="0.6", lw=0.8, label="nominal |z|")
-    axes[0].set_xlabel("nominal |z| (um)")
-    axes[0].set_ylabel("fitted |defocus| (um)")
-    axes[0].legend(fontsize=7)
-    axes[1].plot(z, [r.sharpness_ratio for r in rows], marker="o")
-    axes[1].axhline(1, color="0.6", lw=0.8)
-    axes[1].set_yscale("log")  # a ratio: 0.5x and 2x are as far from 1
-    axes[1].set_xlabel("z (um)")
-    axes[1].set_ylabel("sharpness refocused / input (median)")
-    axes[2].plot(z, [r.psnr_gain_db for r in rows], marker="o")
-    axes[2].axhline(0, color="0.6", lw=0.8)
-    axes[2].set_xlabel("z (um)")
-    axes[2].set_ylabel("PSNR gain (dB; needs ground truth)")
-    fig.savefig(path, dpi=110)
-    return path
+    r_index = {name: i for i, name in enumerate(rows)}
+    c_index = {name: i for i, name in enumerate(columns)}
+    where = []
+    for row, column in zip(ds["row"].values, ds["column"].values, strict=True):
+        r, c = r_index.get(str(row)), c_index.get(str(int(column)))
+        if r is None or c is None:
+            raise PlateLayoutError(
+                f"well {row}{int(column):02d} lies outside the plate layout of {len(rows)} rows x "
+                f"{len(columns)} columns ({row_name(0)}..{rows[-1]}, 1..{columns[-1]}); store the "
+                f"right plate_rows/plate_columns in the results' attributes"
+            )
+        where.append((r, c))
+    state = np.full((len(rows), len(columns)), WELL_STATE["empty"])
+    for (r, c), s in zip(where, status, strict=True):
+        state[r, c] = WELL_STATE.get(str(s), WELL_STATE["pending"])
+    return where, state
+
+
+def _on_plate(values: np.ndarray, where: list[tuple[int, int]], shape: tuple[int, int],
+              status: np.ndarray) -> np.ndarray:
+    """(well, P) values -> (P, R, C) grids, NaN where no well or not done."""
+    out = np.full((values.shape[1], *shape), np.nan)
+    for (r, c), v, s in zip(where, values, status, strict=True):
+        if s == "done":
+            out[:, r, c] = v
+    return out
+
+
+# --- montages -----------------------------------------------------------------------------------
+
+
+def _pick_planes(fields: Any) -> dict[str, Any]:
+    """Rows of the fields table to show: most/least improved against their depth, flagged."""
+    done = fields[(fields["status"] == "done") & np.isfinite(fields["sharpness_gain"])
+                  & (fields["sharpness_gain"] > 0)].copy()
+    if not len(done):
+        return {}
+    psnr = np.isfinite(done["psnr_gain_db"]).all()
+    score = done["psnr_gain_db"] if psnr else np.log2(done["sharpness_gain"])
+    done["score"] = score - score.groupby(done["z"]).transform("median")
+    measure = "PSNR gain" if psnr else "sharpness gain"
+    ranked = done.sort_values("score", kind="stable")
+    top = ranked.iloc[::-1].head(MONTAGE_PLANES)
+    bottom = ranked.head(MONTAGE_PLANES)
+    flagged = done[done["flagged"]].sort_values("score", kind="stable").head(MONTAGE_PLANES)
+    return {
+        f"most improved ({measure}, against the other fields at the same depth)": top,
+        f"least improved ({measure}, against the other fields at the same depth)": bottom,
+        "flagged fields": flagged,
+    }
+
+
+def _small(image: np.ndarray) -> np.ndarray:
+    from .refocused_plate import downsample_2x
+
+    image = np.asarray(image, dtype=np.float32)
+    while max(image.shape) > MONTAGE_SIZE:
+        image = downsample_2x(image)
+    return image
+
+
+def _plane_readers(ds: xr.Dataset):
+    """Functions (well, field, z) -> (Y, X) plane or None, for input and refocused; and notes."""
+    notes = []
+    source = ds.attrs.get("source_plate")
+    read_input = None
+    if source and Path(str(source)).exists():
+        from .plate import open_plate
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a plate without optics: not the report's news
+            plate = open_plate(str(source))
+        channel = ds.attrs.get("channel")
+        channels = [str(c) for c in plate["c"].values]
+        plate = plate.sel(c=channel) if channel in channels else plate.isel(c=0)
+
+        def read_input(well, field, z):
+            return plate.sel(well=well, field=field, z=z).values
+    else:
+        notes.append(f"input planes not shown: the source plate {source!r} is not found here")
+    refocused = None
+    if "refocused" in ds:
+        refocused = ds["refocused"]
+    elif ds.attrs.get("refocused_plate"):
+        from .refocused_plate import open_refocused
+
+        refocused = open_refocused(str(ds.attrs["refocused_plate"]))
+    else:
+        notes.append("refocused planes not shown: the results hold no refocused images")
+
+    read_refocused = None
+    if refocused is not None:
+        def read_refocused(well, field, z):
+            return refocused.sel(well=well, field=field, z=z).values
+
+    return read_input, read_refocused, notes
+
+
+def _montages(ds: xr.Dataset, fields: Any) -> tuple[list[tuple[str, bytes]], list[str]]:
+    from .figures import montage
+
+    picks = _pick_planes(fields)
+    read_input, read_refocused, notes = _plane_readers(ds)
+    figures: list[tuple[str, bytes]] = []
+    if read_input is None and read_refocused is None:
+        return figures, notes
+    for title, rows in picks.items():
+        if not len(rows):
+            notes.append(f"{title}: none")
+            continue
+        pairs = []
+        for row in rows.itertuples():
+            key = (row.well, int(row.field), int(row.z))
+            before = _small(read_input(*key)) if read_input is not None else None
+            after = _small(read_refocused(*key)) if read_refocused is not None else None
+            psnr = f", PSNR {row.psnr_gain_db:+.1f} dB" if np.isfinite(row.psnr_gain_db) else ""
+            where = f"{row.well} field {row.field}, z {row.z_um:g} um"
+            gains = f"sharpness {row.sharpness_gain:.2f}x{psnr}" + (f"\n{row.flags}" if row.flags else "")
+            pairs.append((where, gains, before, after))
+        figures.append((title, montage(pairs)))
+    return figures, notes
+
+
+# --- HTML ---------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
+h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
+th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
+th { background: #f3f3f3; } td.text, th.text { text-align: left; }
+.banner { padding: 8px 12px; border-radius: 4px; margin: 10px 0; font-weight: 600; }
+.complete { background: #e3f4e3; border: 1px solid #7bbf7b; }
+.incomplete { background: #fff1d6; border: 1px solid #e0a030; }
+.note { color: #666; font-size: 12px; } img { max-width: 100%; display: block; margin: 6px 0; }
+.scroll { max-height: 480px; overflow: auto; display: inline-block; }
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: list[str] | None, rows: list[list[Any]], text_columns: int = 1) -> str:
+    def cell(value: Any, tag: str, i: int) -> str:
+        cls = ' class="text"' if i < text_columns else ""
+        return f"<{tag}{cls}>{html.escape(str(value))}</{tag}>"
+
+    head = "" if header is None else (
+        "<thead><tr>" + "".join(cell(h, "th", i) for i, h in enumerate(header)) + "</tr></thead>")
+    body = "".join("<tr>" + "".join(cell(v, "td", i) for i, v in enumerate(row)) + "</tr>"
+                   for row in rows)
+    return f'<div class="scroll"><table>{head}<tbody>{body}</tbody></table></div>'
+
+
+def _fmt(value: float, spec: str = ".2f") -> str:
+    return "-" if value is None or not np.isfinite(value) else format(value, spec)
+
+
+def _wells_html(wells: Any, z_um: np.ndarray) -> str:
+    """One row per well: fitted |defocus| +- error per depth, sharpness gain, status."""
+    header = ["well", "status"] + [f"{z:g} um" for z in z_um] + ["sharpness gain (median)", "error"]
+    rows = []
+    for name, group in wells.groupby("well", sort=False):
+        group = group.sort_values("z")
+        fits = [f"{_fmt(f, '.1f')} ± {_fmt(e, '.1f')}" if np.isfinite(f) else "-"
+                for f, e in zip(group["defocus_um"], group["defocus_err_um"], strict=True)]
+        gain = np.nanmedian(group["sharpness_gain_median"]) if group["sharpness_gain_median"].notna().any() else np.nan
+        rows.append([name, group["status"].iat[0], *fits, _fmt(gain) + ("x" if np.isfinite(gain) else ""),
+                     group["error"].iat[0]])
+    return _table(header, rows, text_columns=2)
+
+
+def _flagged_html(fields: Any) -> str:
+    flagged = fields[fields["flagged"]]
+    if not len(flagged):
+        return '<p class="note">no field is flagged</p>'
+    header = ["well", "field", "z (um)", "flags", "sharpness gain", "PSNR gain (dB)", "consistency"]
+    rows = [[r.well, r.field, f"{r.z_um:g}", r.flags, _fmt(r.sharpness_gain), _fmt(r.psnr_gain_db),
+             _fmt(r.consistency, ".3f")] for r in flagged.itertuples()]
+    return _table(header, rows, text_columns=4)
+
+
+def _summary_html(rows: list[DepthRow]) -> str:
+    header = ["z (um)", "wells", "fitted |defocus| (um)", "sharpness refocused / input",
+              "PSNR gain (dB)", "SSIM gain"]
+    body = [[f"{r.z_um:g}", r.wells, f"{_fmt(r.defocus_um)} ± {_fmt(r.defocus_sd_um)}",
+             _fmt(r.sharpness_ratio), _fmt(r.psnr_gain_db, "+.2f"), _fmt(r.ssim_gain, "+.3f")]
+            for r in rows]
+    return _table(header, body, text_columns=0)
+
+
+def _optics(ds: xr.Dataset):
+    from .optics import Optics
+
+    raw = ds.attrs.get("optics")
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+        return Optics.from_dict(data) if data else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _band(freq: np.ndarray, optics) -> tuple[float, float] | None:
+    """The frequencies the |defocus| fit uses (where a relative OTF carries signal)."""
+    if optics is None:
+        return None
+    from .psf import _fit_band
+
+    band = _fit_band(freq, optics, "in-focus")
+    return (float(freq[band].min()), float(freq[band].max())) if band.any() else None
 
 
 def write_report(
-    results: str | os.PathLike,
+    results: str | os.PathLike | xr.Dataset,
     out_dir: str | os.PathLike,
     *,
     well: str | None = None,
 ) -> dict[str, Path]:
-    """Write the summary table and the figures of a results store into `out_dir`.
+    """Write ``index.html`` (self-contained) and ``summary.md`` of a results store into `out_dir`.
 
     Parameters
     ----------
-    results : path
-        A results store written by ``plate-refocus run``; never modified.
+    results : path or xarray.Dataset
+        A results store written by ``plate-refocus run`` (never modified), or it opened.
     out_dir : path
-        Folder for ``summary.md``, ``focus_map.png``, ``well_<WELL>.png`` and
-        ``quality.png`` (created if needed; existing files of these names are replaced).
+        Folder for ``index.html`` and ``summary.md`` (created if needed;
+        files of these names are replaced).
     well : str, optional
         The well whose OTF profiles and PSFs are drawn; the first done well by default.
 
     Returns
     -------
     dict of str to Path
-        ``{"summary": ..., "focus_map": ..., "well": ..., "quality": ...}``.
-    """
-    from .errors import PlateLayoutError
+        ``{"index": .../index.html, "summary": .../summary.md}``.
 
-    ds = _open(results)
-    done = ds["well_status"].values == 1
+    Raises
+    ------
+    ResultsNotFoundError, NotResultsError
+        ``results`` is not a results store (one line says what it is).
+    ResultsIncompleteError
+        No well is done yet (the run is in progress or stopped before one finished).
+    PlateLayoutError
+        ``well`` is not in the results, or not done.
+
+    Warns
+    -----
+    IncompleteResultsWarning
+        Some wells are not done: the report covers the done ones and says so
+        at its top (:func:`progress_line`).
+    """
+    from . import figures
+    from .tables import fields_table, wells_table
+
+    ds = open_for_report(results)
+    name = str(results) if not isinstance(results, xr.Dataset) else "results"
+    status, _ = _status(ds)
+    done = status == "done"
     if not done.any():
-        raise PlateLayoutError(
-            f"no well of {str(results)!r} is done yet; finish the run with "
-            "'plate-refocus run PLATE OUT --resume' first"
+        raise ResultsIncompleteError(
+            f"no well of {name!r} is done yet ({int((status == 'failed').sum())} failed): the run is "
+            f"in progress, or stopped before a well finished; wait for it, or finish it with "
+            f"'plate-refocus run PLATE OUT --resume'"
         )
     names = [str(w) for w in ds["well"].values]
     if well is None:
@@ -256,17 +577,94 @@ def write_report(
         raise PlateLayoutError(f"well {well!r} is not in the results; it has {names!r}")
     elif not done[names.index(well)]:
         raise PlateLayoutError(f"well {well!r} is not done yet; choose a done well or --resume the run")
+    line = progress_line(ds, name)
+    if line:
+        warnings.warn(line, IncompleteResultsWarning, stacklevel=2)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = depth_summary(ds)
+
+    small = ds[[v for v in _SMALL if v in ds]].load()
+    rows = depth_summary(small)
     summary = out / "summary.md"
     summary.write_text(format_summary(rows) + "\n")
-    # Figures are drawn with matplotlib's Figure (no pyplot): no display and no
-    # backend switch, so this also runs on a batch node and inside a notebook.
-    small = ds.isel(well=np.flatnonzero(done))[["defocus_um", "otf_radial", "psf"]].load()
-    return {
-        "summary": summary,
-        "focus_map": _plot_focus_map(small, out / "focus_map.png"),
-        "well": _plot_well(small, well, out / f"well_{well}.png"),
-        "quality": _plot_quality(rows, out / "quality.png"),
-    }
+    fields = fields_table(small)
+    wells = wells_table(small, fields)
+    z_um = small["z_um"].values
+    plate_rows, plate_columns = plate_layout(ds)
+    where, state = _grids(small, plate_rows, plate_columns, status)
+    picks = _spread(small.sizes["z"], MAX_MAP_PANELS)
+    titles = [f"z = {z_um[i]:g} um" for i in picks]
+    fit = small["defocus_um"].transpose("well", "z").values[:, picks]
+    gain = (wells.pivot(index="well", columns="z", values="sharpness_gain_median")
+            .reindex(index=names).to_numpy()[:, picks])
+    shape = (len(plate_rows), len(plate_columns))
+    sections = []
+    sections.append(("Focus map: fitted |defocus| per well", _img(figures.plate_maps(
+        _on_plate(fit, where, shape, status), state, plate_rows, plate_columns, titles,
+        title="fitted |defocus| per well (blank: no well; hatched: pending; x: failed)",
+        label="fitted |defocus| (um)"), "focus map")))
+    sections.append(("Sharpness gain per well", _img(figures.plate_maps(
+        _on_plate(gain, where, shape, status), state, plate_rows, plate_columns, titles,
+        title="sharpness refocused / input, median over fields", label="sharpness gain",
+        kind="ratio"), "sharpness gain map")))
+    blind = None
+    if "defocus_blind_um" in small:
+        blind = np.nanmean(_done(small)["defocus_blind_um"].transpose("well", "z").values, axis=0)
+    sections.append(("Quality per depth", _img(figures.quality_curves(
+        z_um, np.array([r.defocus_um for r in rows]), np.array([r.defocus_sd_um for r in rows]),
+        np.array([r.sharpness_ratio for r in rows]), np.array([r.psnr_gain_db for r in rows]),
+        np.array([r.ssim_gain for r in rows]), blind), "quality curves") + _summary_html(rows)))
+    one = small.sel(well=well)
+    optics = _optics(ds)
+    freq = small["freq"].values
+    band = _band(freq, optics)
+    note = ("shaded: the band the |defocus| fit uses, where the relative OTF carries signal; "
+            "dashed: the incoherent cutoff 2 NA / lambda" if band is not None else
+            "no optics in the results' attributes: the fit band and the cutoff are not marked")
+    sections.append((f"OTF profiles and PSFs of well {well}", _img(figures.otf_profiles(
+        freq, one["otf_radial"].transpose("z", "freq").values, z_um,
+        one["defocus_um"].values, one["psf"].transpose("z", ...).values, well=well, band=band,
+        cutoff=None if optics is None else optics.cutoff), f"OTF profiles of {well}")
+        + f'<p class="note">{html.escape(note)}</p>'))
+    montages, notes = _montages(ds, fields)
+    body = "".join(f"<h3>{html.escape(t)}</h3>{_img(png, t)}" for t, png in montages)
+    body += "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    sections.append(("Input and refocused", body))
+    sections.append(("Wells", _wells_html(wells, z_um)))
+    sections.append(("Flagged fields", _flagged_html(fields)))
+    page = _page(ds, name, status, line, sections)
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    log.info("wrote %s", index)
+    return {"index": index, "summary": summary}
+
+
+def _page(ds: xr.Dataset, name: str, status: np.ndarray, line: str | None,
+          sections: list[tuple[str, str]]) -> str:
+    attrs = ds.attrs
+    banner = (f'<div class="banner incomplete">{html.escape(line)}</div>' if line else
+              f'<div class="banner complete">run complete: all {status.size} wells done</div>')
+    meta = [
+        ("results", name), ("source plate", attrs.get("source_plate", "-")),
+        ("channel", attrs.get("channel", "-")), ("reference", attrs.get("reference", "-")),
+        ("method", attrs.get("method", "unet")),
+        ("model", f"{attrs.get('model_name', '-')} {str(attrs.get('model_sha256', ''))[:12]}"),
+        ("optics", attrs.get("optics", "-")), ("created", attrs.get("created", "-")),
+        ("wells", f"{ds.sizes['well']} ({int((status == 'done').sum())} done)"),
+        ("fields per well", ds.sizes.get("field", "-")), ("depths", ds.sizes.get("z", "-")),
+        ("report written", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")),
+    ]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>plate_refocus report: {html.escape(Path(name).name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>plate_refocus report: {html.escape(Path(name).name)}</h1>",
+        banner,
+        _table(None, [[k, v] for k, v in meta], text_columns=2),
+    ]
+    for title, content in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>{content}")
+    parts.append('<script>document.body.setAttribute("data-report", "ready");</script>')
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -118,3 +118,68 @@ def results(tiny_plate, tiny_model, client, tmp_path_factory):
     out = tmp_path_factory.mktemp("results") / "results.zarr"
     summary = run_plate(tiny_plate, out, client=client, model=tiny_model, command_line="test")
     return out, summary
+
+
+def make_results(wells=("A01", "A02", "B01", "B02", "C05", "H12"), *, fields=2, depths_um=(0.0, 5.0, 10.0),
+                 truth=True, seed=0, **extra_vars):
+    """A synthetic results dataset with the variables and coordinates a run writes (no pixels).
+
+    Fitted |defocus| = nominal |z| + noise, sharpness that falls with depth and rises after
+    refocusing, OTF profiles and PSFs of plausible shape, no plane flagged, every well done
+    (``well_status`` 1), attrs as a run's.
+    ``extra_vars`` are added as they are (e.g. ``consistency=(("well", "field", "z"), array)``).
+    """
+    import numpy as np
+    import xarray as xr
+
+    from plate_refocus.plate import parse_well, row_name
+    from plate_refocus.results import RESULTS_FORMAT, WELL_DONE
+
+    rng = np.random.default_rng(seed)
+    n_w, n_f, n_z = len(wells), fields, len(depths_um)
+    z = np.abs(np.asarray(depths_um, dtype=float))
+    freq = np.linspace(0, 2.0, 40)
+    sharp_in = 1e-3 / (1 + z / 5)[None, None, :] * rng.uniform(0.8, 1.2, (n_w, n_f, n_z))
+    sharp_out = sharp_in * (1 + z / 4)[None, None, :] * rng.uniform(0.95, 1.15, (n_w, n_f, n_z))
+    otf = np.exp(-(freq[None, :] * (1 + z[:, None]) / 3) ** 2)
+    psf = np.zeros((n_w, n_z, 9, 9))
+    psf[:, :, 4, 4] = 1.0
+    data = {
+        "defocus_um": (("well", "z"), z[None, :] + rng.normal(0, 0.3, (n_w, n_z))),
+        "defocus_err_um": (("well", "z"), np.full((n_w, n_z), 0.4)),
+        "sharpness": (("well", "field", "z", "stage"), np.stack([sharp_in, sharp_out], axis=-1)),
+        "otf_radial": (("well", "z", "freq"), np.broadcast_to(otf, (n_w, n_z, freq.size)).copy()),
+        "psf": (("well", "z", "py", "px"), psf),
+        "plane_flags": (("well", "field", "z"), np.zeros((n_w, n_f, n_z), dtype=np.uint8)),
+        "well_status": (("well",), np.full(n_w, WELL_DONE, dtype=np.int8)),
+        "well_error": (("well",), np.array([""] * n_w, dtype=object)),
+    }
+    if truth:
+        base = 30 - z
+        data["psnr"] = (("well", "field", "z", "stage"),
+                        np.stack([np.broadcast_to(base, (n_w, n_f, n_z)),
+                                  np.broadcast_to(base + 3, (n_w, n_f, n_z))], axis=-1).copy())
+        data["ssim"] = (("well", "field", "z", "stage"),
+                        np.stack([np.broadcast_to(0.9 - z / 40, (n_w, n_f, n_z)),
+                                  np.broadcast_to(0.95 - z / 60, (n_w, n_f, n_z))], axis=-1).copy())
+    data.update(extra_vars)
+    positions = [parse_well(w) for w in wells]
+    coords = {
+        "well": list(wells),
+        "row": ("well", [row_name(r) for r, _ in positions]),
+        "column": ("well", [c for _, c in positions]),
+        "field": np.arange(n_f),
+        "z": np.arange(n_z),
+        "z_um": ("z", np.asarray(depths_um, dtype=float)),
+        "freq": freq,
+        "stage": ["input", "refocused"],
+    }
+    attrs = {"format": RESULTS_FORMAT, "reference": "refocused", "method": "unet",
+             "source_plate": "", "created": "2026-01-01T00:00:00+00:00", "optics": "{}"}
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+@pytest.fixture
+def synthetic_results():
+    """The factory :func:`make_results` (a synthetic results dataset, in memory)."""
+    return make_results
