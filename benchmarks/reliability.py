@@ -45,9 +45,9 @@ def start(*args: str) -> subprocess.Popen:
 
 def results_equal(a: Path, b: Path) -> tuple[int, int]:
     """(wells equal, wells in all) of two results stores."""
-    import xarray as xr
+    from plate_refocus.results import open_results
 
-    x, y = xr.open_zarr(a), xr.open_zarr(b)
+    x, y = open_results(a), open_results(b)
     equal = 0
     for w in range(y.sizes["well"]):
         same = int(x["well_status"][w]) == 1
@@ -183,6 +183,12 @@ def bad_inputs(tmp: Path, plate: Path, results: Path) -> list[tuple[str, int, st
     nofocus = small_plate(tmp / "nofocus.zarr", focal_plane=None)
     bad_json = small_plate(tmp / "badjson.zarr")
     edit_plate_metadata(bad_json, lambda attrs: attrs["ome"]["plate"].update(wells=[{"path": 7}]))
+    from plate_refocus.pipeline import plan_run
+    from plate_refocus.results import create_results_store, results_template
+
+    pending = tmp / "pending.zarr"  # the layout of a run that has not finished a well yet
+    plan = plan_run(plate, pending)
+    create_results_store(pending, results_template(plan.layout, attrs=plan.attrs))
     notmodel = tmp / "notes.keras"
     notmodel.write_text("x")
     r = str(tmp / "r.zarr")
@@ -211,13 +217,15 @@ def bad_inputs(tmp: Path, plate: Path, results: Path) -> list[tuple[str, int, st
         ("unknown well", ["run", str(plate), r, "--wells", "H13"]),
         ("model file does not exist", ["run", str(plate), r, "--model", str(tmp / "m.keras")]),
         ("model file is not a Keras archive", ["run", str(plate), r, "--model", str(notmodel)]),
-        ("simulate --overwrite onto a real plate", ["simulate", str(plate), "--overwrite"]),
+        ("simulate --overwrite onto a plate it did not simulate", ["simulate", str(nofocus), "--overwrite"]),
         ("simulate --overwrite onto a user's folder", ["simulate", str(user), "--overwrite"]),
         ("train --out onto a file that is not our model, --overwrite", ["train", str(plate), "--out", str(notmodel), "--overwrite"]),
         ("ingest from a folder that does not exist", ["ingest", str(tmp / "none"), str(tmp / "i.zarr")]),
         ("ingest into its own source folder", ["ingest", str(user), str(user / "p.zarr")]),
         ("report of a plate (not a results store)", ["report", str(plate)]),
-        ("evaluate a plate without ground truth", ["evaluate", str(noz)]),
+        ("evaluate a plate without ground truth", ["evaluate", str(nofocus)]),
+        ("report into a folder holding other files", ["report", str(results), "--out", str(user)]),
+        ("report of a run still in progress (no well done yet)", ["report", str(pending)]),
     ]
     rows = []
     for name, argv in cases:

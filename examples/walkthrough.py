@@ -18,7 +18,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # write a PNG; no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
-import xarray as xr  # noqa: E402
 
 import plate_refocus as pr  # noqa: E402
 from plate_refocus.cluster import start_client  # noqa: E402
@@ -38,7 +37,7 @@ def main(workdir: Path) -> None:
         pr.run_plate(plate, results, client=client, resume=results.exists())
 
     # 3. Open lazily: nothing is read until values are asked for.
-    ds = xr.open_zarr(results)
+    ds = pr.open_results(results)  # the small variables, and the refocused plate's images
     print(ds)
     well, depth = "A01", 10.0
     sel = {"well": well, "field": 0}

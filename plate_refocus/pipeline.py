@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ from .results import (
     PLANE_NO_SIGNAL,
     PLANE_NONFINITE,
     PSF_SIZE,
+    REFOCUSED_PLATE,
     RESULTS_FORMAT,
     WELL_DONE,
     WELL_FAILED,
@@ -68,6 +70,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "REFERENCES",
     "MIN_IMAGE_SIZE",
+    "DTYPES",
     "DepthSettings",
     "DepthResult",
     "process_depth",
@@ -85,6 +88,9 @@ __all__ = [
 #: ``"refocused"``: the U-Net output of the same plane (estimates ``K_z / K_0``);
 #: ``"focal-plane"``: the stack's own in-focus plane (needs ``focal_plane`` metadata).
 REFERENCES = ("refocused", "focal-plane")
+#: How the refocused images are stored: camera counts rounded to uint16 (the default: the
+#: rounding error, at most 0.5 count, is far below the images' noise; see the README) or float32.
+DTYPES = ("uint16", "float32")
 #: The run's log, inside the results store (zarr readers ignore it).
 RUN_LOG = "run.log"
 #: Smallest image side a run accepts: the 33 x 33 PSF and the 11-px SSIM window must fit.
@@ -295,7 +301,7 @@ def _depth_task(job: _Job, well: int, z: int) -> dict[str, Any]:
         settings=job.settings, freq_size=job.freq_size,
     )
     for f in range(layout.n_fields):
-        job.writer.write_plane("refocused", well, f, z, result.refocused[f])
+        job.writer.write_refocused(well, f, z, result.refocused[f])
     return result.small()
 
 
@@ -328,6 +334,7 @@ def _write_well(job: _Job, well: int, depths: Sequence[dict[str, Any]]) -> np.nd
     if job.layout.ground_truth:
         values["psnr"] = quality[..., 1]
         values["ssim"] = quality[..., 2]
+    job.writer.finish_well(well)  # the refocused fields' pyramids, now that every plane is written
     job.writer.write_well(well, values)
     return flags
 
@@ -426,6 +433,7 @@ def plan_run(
     gpu: bool = False,
     backend: str | None = None,
     z_step_um: float | None = None,
+    dtype: str = "uint16",
     command_line: str | None = None,
 ) -> RunPlan:
     """Check a run completely, without starting or writing anything.
@@ -445,6 +453,8 @@ def plan_run(
         raise ValueError(f"reference must be one of {REFERENCES!r}, got {reference!r}")
     if resume and overwrite:
         raise ValueError("pass resume=True or overwrite=True, not both")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES!r}, got {dtype!r}")
     out = prepare_output(out, kind="results", inputs=(plate,), overwrite=overwrite, resume=resume,
                          remove=False)
     layout = read_layout(plate, z_step_um=z_step_um)
@@ -476,12 +486,13 @@ def plan_run(
         source_plate=str(Path(layout.path).resolve()), channel=layout.channels[ci],
         method="unet", reference=reference, model_sha256=job.model_sha256,
         optics=layout.optics.to_dict(), wells=names, fields=layout.n_fields,
-        z_um=list(layout.z_um), shape=list(layout.shape))
+        z_um=list(layout.z_um), shape=list(layout.shape), dtype=dtype)
     statuses = check_resume(out, run_settings) if resume else None
     # Replace OUT only when asked (--overwrite) or when resuming a store of ours whose layout was
     # never completed; never a store another run creates meanwhile.
     replace = overwrite or (resume and statuses is None and out.exists())
     attrs = _run_attrs(job, info, command_line, run_settings, gpu)
+    attrs.update(refocused_plate=REFOCUSED_PLATE, refocused_dtype=dtype)
     return _with_statuses(RunPlan(
         out=out, job=job, wells=(), skipped=(), statuses=None, replace=replace, resume=resume,
         gpu=gpu, attrs=attrs, model_info=info,
@@ -516,6 +527,7 @@ class RunSummary:
     seconds: float
     wells_failed: dict[str, str] = dataclasses.field(default_factory=dict)  # well -> why
     planes_flagged: dict[str, int] = dataclasses.field(default_factory=dict)  # flag -> count
+    tables: dict[str, Path] = dataclasses.field(default_factory=dict)  # name -> file written
 
     @property
     def planes_per_second(self) -> float:
@@ -545,18 +557,21 @@ def execute_run(
     *,
     max_wells_in_flight: int | None = None,
     on_well_done: Callable[[str, int, int], None] | None = None,
+    tables_csv: bool = False,
 ) -> RunSummary:
     """Create (or reopen) the results store and compute the plan's wells on ``client``.
 
     A well whose tasks raise is marked failed (``well_status`` 2, the reason in
     ``well_error``) and the run goes on; the summary lists the failures. The
-    package's log records of the run also go to ``OUT/run.log``.
+    package's log records of the run also go to ``OUT/run.log``, and the per-well
+    and per-field tables to ``OUT/tables/`` (Parquet; also CSV with ``tables_csv``).
     """
     layout = plan.layout
     if plan.statuses is None:
         try:
             create_results_store(plan.out, results_template(layout, attrs=plan.attrs),
-                                 replace=plan.replace)
+                                 replace=plan.replace,
+                                 refocused=functools.partial(_create_refocused, plan))
         except OutputExistsError:
             if not plan.resume:
                 raise
@@ -571,10 +586,24 @@ def execute_run(
                  len(plan.skipped), layout.n_fields, layout.n_z, plan.attrs["model_name"],
                  plan.attrs["reference"])
         summary = _compute_wells(plan, job, client, max_wells_in_flight, on_well_done)
+        summary.tables = _write_tables(plan.out, csv=tables_csv)
         log.info("finished: %d wells computed, %d failed, %d skipped, %.1f s",
                  len(summary.wells_computed), len(summary.wells_failed),
                  len(summary.wells_skipped), summary.seconds)
     return summary
+
+
+def _create_refocused(plan: RunPlan, path: Path) -> Any:
+    """The run's refocused plate (empty), at ``path`` inside the store being created."""
+    from .refocused_plate import create_refocused_plate
+
+    layout = plan.layout
+    return create_refocused_plate(
+        path, wells=layout.wells, plate_rows=list(layout.plate_rows),
+        plate_columns=list(layout.plate_columns), n_fields=layout.n_fields, z_um=layout.z_um,
+        shape=layout.shape, optics=layout.optics, channel_name=layout.channels[plan.job.channel],
+        dtype=plan.attrs["refocused_dtype"], max_value=layout.data_range,
+        extra_attrs={"source_plate": plan.attrs["source_plate"]})
 
 
 @contextlib.contextmanager
@@ -590,6 +619,12 @@ def _run_log(path: Path) -> Iterator[None]:
     finally:
         package.removeHandler(handler)
         handler.close()
+
+
+def _write_tables(out: Path, *, csv: bool) -> dict[str, Path]:
+    from .tables import write_tables
+
+    return write_tables(open_results(out, chunks=None), out, csv=csv)
 
 
 def _compute_wells(plan: RunPlan, job: _Job, client: Any, max_wells_in_flight: int | None,
@@ -645,7 +680,6 @@ def _compute_wells(plan: RunPlan, job: _Job, client: Any, max_wells_in_flight: i
             on_well_done(names[index], len(computed) + len(failed), len(plan.wells))
         submit_next()
     seconds = time.perf_counter() - start
-    writer.finish()
     return RunSummary(
         out=plan.out,
         wells_total=len(names),
@@ -674,9 +708,11 @@ def run_plate(
     gpu: bool = False,
     backend: str | None = None,
     z_step_um: float | None = None,
+    dtype: str = "uint16",
     max_wells_in_flight: int | None = None,
     on_well_done: Callable[[str, int, int], None] | None = None,
     command_line: str | None = None,
+    tables_csv: bool = False,
 ) -> RunSummary:
     """Refocus a whole plate and estimate every well's PSF into a results store.
 
@@ -712,6 +748,8 @@ def run_plate(
     z_step_um : float, optional
         Spacing of the planes in um, for a plate whose metadata lacks distinct
         z positions.
+    dtype : {"uint16", "float32"}
+        How the refocused plate stores the images (see :data:`DTYPES`).
     max_wells_in_flight : int, optional
         Wells submitted at once (default: twice the number of workers), which
         bounds the memory a run holds.
@@ -726,9 +764,9 @@ def run_plate(
     """
     plan = plan_run(plate, out, model=model, channel=channel, reference=reference, resume=resume,
                     overwrite=overwrite, wells=wells, gpu=gpu, backend=backend,
-                    z_step_um=z_step_um, command_line=command_line)
+                    z_step_um=z_step_um, dtype=dtype, command_line=command_line)
     return execute_run(plan, client, max_wells_in_flight=max_wells_in_flight,
-                       on_well_done=on_well_done)
+                       on_well_done=on_well_done, tables_csv=tables_csv)
 
 
 def plate_graph_size(plan: RunPlan) -> tuple[int, int, int]:

@@ -382,7 +382,8 @@ def _plane_readers(ds: xr.Dataset):
         plate = plate.sel(c=channel) if channel in channels else plate.isel(c=0)
 
         def read_input(well, field, z):
-            return plate.sel(well=well, field=field, z=z).values
+            # one plane, read here: never through whatever default scheduler the caller has
+            return plate.sel(well=well, field=field, z=z).compute(scheduler="synchronous").values
     else:
         notes.append(f"input planes not shown: the source plate {source!r} is not found here")
     refocused = None
@@ -398,7 +399,7 @@ def _plane_readers(ds: xr.Dataset):
     read_refocused = None
     if refocused is not None:
         def read_refocused(well, field, z):
-            return refocused.sel(well=well, field=field, z=z).values
+            return refocused.sel(well=well, field=field, z=z).compute(scheduler="synchronous").values
 
     return read_input, read_refocused, notes
 
@@ -532,15 +533,18 @@ def write_report(
     results : path or xarray.Dataset
         A results store written by ``plate-refocus run`` (never modified), or it opened.
     out_dir : path
-        Folder for ``index.html`` and ``summary.md`` (created if needed;
-        files of these names are replaced).
+        Folder for ``index.html`` and ``summary.md``: created, or replaced when it
+        is an earlier report (it holds :data:`~plate_refocus.outputs.REPORT_MARKER`)
+        or empty; a folder holding anything else is refused, and it may not be
+        inside the results store.
     well : str, optional
         The well whose OTF profiles and PSFs are drawn; the first done well by default.
 
     Returns
     -------
     dict of str to Path
-        ``{"index": .../index.html, "summary": .../summary.md}``.
+        ``{"index": .../index.html, "summary": .../summary.md}`` and the tables
+        (``.../tables/wells.parquet``, ``fields.parquet``) under their names.
 
     Raises
     ------
@@ -558,7 +562,7 @@ def write_report(
         at its top (:func:`progress_line`).
     """
     from . import figures
-    from .tables import fields_table, wells_table
+    from .tables import fields_table, wells_table, write_tables
 
     ds = open_for_report(results)
     name = str(results) if not isinstance(results, xr.Dataset) else "results"
@@ -580,8 +584,12 @@ def write_report(
     line = progress_line(ds, name)
     if line:
         warnings.warn(line, IncompleteResultsWarning, stacklevel=2)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from .outputs import REPORT_MARKER, prepare_output
+
+    inputs = () if isinstance(results, xr.Dataset) else (results,)
+    out = prepare_output(out_dir, kind="report", inputs=inputs, overwrite=True)
+    out.mkdir(parents=True)
+    (out / REPORT_MARKER).write_text("made by plate-refocus report\n")
 
     small = ds[[v for v in _SMALL if v in ds]].load()
     rows = depth_summary(small)
@@ -636,7 +644,9 @@ def write_report(
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     log.info("wrote %s", index)
-    return {"index": index, "summary": summary}
+    # The tables again, beside the page (the results store itself is never written to).
+    tables = write_tables(small, out)
+    return {"index": index, "summary": summary, **tables}
 
 
 def _page(ds: xr.Dataset, name: str, status: np.ndarray, line: str | None,

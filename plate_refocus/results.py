@@ -47,6 +47,7 @@ __all__ = [
     "PLANE_FLAG_NAMES",
     "Variable",
     "SCHEMA",
+    "REFOCUSED_PLATE",
     "results_coords",
     "results_template",
     "create_results_store",
@@ -102,10 +103,11 @@ class Variable:
 
 _QUALITY = ("well", "field", "z", "stage")
 
+#: The refocused images live in an OME-Zarr HCS plate inside the store, at this path
+#: (:mod:`plate_refocus.refocused_plate`); :func:`open_results` shows them as ``refocused``.
+REFOCUSED_PLATE = "refocused"
+
 SCHEMA: dict[str, Variable] = {
-    "refocused": Variable(
-        ("well", "field", "z", "y", "x"), np.float32, "plane",
-        {"long_name": "refocused image", "units": "camera counts (input scale)"}),
     "otf_radial": Variable(
         ("well", "z", "freq"), np.float64, "well",
         {"long_name": "isotropic OTF profile relative to the in-focus OTF (K_z / K_0 inside the "
@@ -200,20 +202,19 @@ def results_template(layout: Any, *, attrs: Mapping[str, Any]):
     return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs))
 
 
-def _encoding(template) -> dict[str, Any]:
-    from .plate import compressor
-
-    # The plates' Blosc-zstd(1)+shuffle: the refocused planes are most of the bytes written, and
-    # zarr's default zstd costs each plane task several ms more.
-    return {"refocused": {"compressors": [compressor(3)]}}
-
-
-def create_results_store(out: str | os.PathLike, template, *, replace: bool = False) -> Path:
+def create_results_store(out: str | os.PathLike, template, *, replace: bool = False,
+                         refocused: Any = None) -> Path:
     """Write a store's whole layout (metadata, coordinates, no data chunks), atomically.
 
     The layout is written into a hidden sibling folder and renamed to ``out``
     when complete. ``replace``: an existing ``out`` that is a results store (or
-    empty) is removed first; anything else is refused.
+    empty) is removed first; anything else is refused. ``refocused``: a
+    callable that creates the refocused plate at the path it is given (inside
+    the new store, :data:`REFOCUSED_PLATE`), before the rename.
+
+    The results variables' metadata is consolidated before the refocused plate
+    is added, so ``xr.open_zarr(out)`` reads one small file and the plate's
+    thousands of arrays stay out of it.
     """
     out = Path(out)
     tmp = out.parent / f".{out.name}.incomplete-{uuid.uuid4().hex[:8]}"
@@ -223,8 +224,9 @@ def create_results_store(out: str | os.PathLike, template, *, replace: bool = Fa
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
-            template.to_zarr(tmp, mode="w-", compute=False, consolidated=False,
-                             encoding=_encoding(template))
+            template.to_zarr(tmp, mode="w-", compute=False, consolidated=True)
+        if refocused is not None:
+            refocused(tmp / REFOCUSED_PLATE)
         if replace and (out.exists() or out.is_symlink()):
             remove_ours(out, "results")
         try:
@@ -294,7 +296,7 @@ def check_resume(out: str | os.PathLike, settings: Mapping[str, Any]) -> np.ndar
         )
     import zarr
 
-    group = zarr.open_group(str(out), mode="r")
+    group = zarr.open_group(str(out), mode="r", use_consolidated=False)  # what is really there
     absent = [name for name, v in SCHEMA.items() if v.only_with is None and name not in group]
     if absent:
         log.warning("%s: its layout was never completed (no %s); it is rebuilt and no well is "
@@ -324,19 +326,32 @@ class ResultsWriter:
 
     path: str
     store_id: str
+    refocused: Any = None  # the RefocusedPlate handle, when the store has one
 
     @classmethod
     def open(cls, out: str | os.PathLike) -> ResultsWriter:
+        from .refocused_plate import refocused_plate
+
         attrs = _read_attrs(Path(out))
-        return cls(str(out), str(attrs.get("store_id", "")))
+        plate = Path(out) / REFOCUSED_PLATE
+        handle = refocused_plate(plate) if plate.exists() else None
+        return cls(str(out), str(attrs.get("store_id", "")), handle)
 
     def _target(self, name: str) -> Any:
         with _LOCK:
             return _array(self.path, self.store_id, name)
 
-    def write_plane(self, name: str, well: int, field: int, z: int, image: np.ndarray) -> None:
-        """One image plane (a variable chunked per plane, e.g. ``refocused``)."""
-        self._target(name)[well, field, z] = image
+    def write_refocused(self, well: int, field: int, z: int, image: np.ndarray) -> None:
+        """One refocused plane, into level 0 of the refocused plate (one file per plane)."""
+        from .refocused_plate import write_field
+
+        write_field(self.refocused, well, field, image, z=z)
+
+    def finish_well(self, well: int) -> None:
+        """Build the well's pyramid levels from its refocused planes."""
+        from .refocused_plate import write_pyramid
+
+        write_pyramid(self.refocused, well)
 
     def write_well(self, well: int, values: Mapping[str, np.ndarray]) -> None:
         """A well's per-well variables, each into its own chunk."""
@@ -350,15 +365,6 @@ class ResultsWriter:
 
     def statuses(self) -> np.ndarray:
         return np.asarray(self._target("well_status")[:], dtype=np.int8)
-
-    def finish(self) -> None:
-        """Consolidate the metadata once the run ends, for faster opening."""
-        import zarr
-
-        with warnings.catch_warnings():
-            # zarr warns that consolidated metadata is not in the v3 spec yet; xarray reads it.
-            warnings.simplefilter("ignore", category=UserWarning)
-            zarr.consolidate_metadata(self.path)
 
 
 def open_results(path: str | os.PathLike, **open_kwargs: Any):
@@ -391,9 +397,16 @@ def open_results(path: str | os.PathLike, **open_kwargs: Any):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=RuntimeWarning)
-            return xr.open_zarr(path, **open_kwargs)
+            ds = xr.open_zarr(path, **open_kwargs)
     except Exception as error:  # noqa: BLE001 - any unreadable store
         raise NotAPlateError(f"{str(path)!r} cannot be opened as a results store: {error}") from error
+    plate = path / REFOCUSED_PLATE
+    if plate.exists():
+        from .refocused_plate import open_refocused
+
+        refocused = open_refocused(plate)  # dask-backed whatever `chunks`: one chunk per plane
+        ds["refocused"] = refocused.drop_vars([c for c in refocused.coords if c not in refocused.dims])
+    return ds
 
 
 def results_info(path: str | os.PathLike) -> dict[str, Any]:

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-import xarray as xr
+
+from plate_refocus.results import open_results
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -55,7 +56,7 @@ def test_run_prints_dashboard_progress_and_summary(tiny_plate, tiny_model, tmp_p
     assert "done: 2 wells computed of 2; 4 fields, 12 planes" in done.stdout
     assert f"xr.open_zarr({str(out)!r})" in done.stdout
     assert "2/2 wells" in done.stderr and "done)" in done.stderr  # the progress line's ETA slot
-    assert xr.open_zarr(out)["refocused"].sizes["well"] == 2
+    assert open_results(out)["refocused"].sizes["well"] == 2
     log = (out / "run.log").read_text()
     assert "well A01 done" in log and "well A02 done" in log and "finished: 2 wells computed" in log
     again = cli("run", str(tiny_plate), str(out), "--model", str(tiny_model), "--workers", "1")

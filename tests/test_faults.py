@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 import zarr
 
 from plate_refocus.results import (
@@ -21,6 +20,7 @@ from plate_refocus.results import (
     PLANE_NONFINITE,
     WELL_DONE,
     WELL_FAILED,
+    open_results,
 )
 from tests.test_bad_input import checksum, small_plate
 
@@ -52,7 +52,7 @@ def test_a_corrupt_chunk_fails_its_well_only_and_resume_retries_it(tmp_path, tin
     failed = [line for line in done.stdout.splitlines() if line.startswith("failed: well A02")]
     assert len(failed) == 1 and "A/2/0/0/c/0/1/0/0" in failed[0] and "plane 1" in failed[0]
     assert "--resume" in done.stdout
-    ds = xr.open_zarr(out)
+    ds = open_results(out)
     assert ds["well_status"].values.tolist() == [WELL_DONE, WELL_FAILED]
     assert "A/2/0/0/c/0/1/0/0" in str(ds["well_error"].values[1])
     assert np.isfinite(ds["defocus_um"].sel(well="A01").values).all()
@@ -64,7 +64,7 @@ def test_a_corrupt_chunk_fails_its_well_only_and_resume_retries_it(tmp_path, tin
     assert "1 wells computed, 1 already done (skipped) of 2" in resumed.stdout
     fresh = tmp_path / "fresh.zarr"
     assert cli("run", str(plate), str(fresh), "--model", str(tiny_model), "--workers", "1").returncode == 0
-    a, b = xr.open_zarr(out), xr.open_zarr(fresh)
+    a, b = open_results(out), open_results(fresh)
     assert a["well_status"].values.tolist() == [WELL_DONE, WELL_DONE]
     assert a["well_error"].values.tolist() == ["", ""]
     for name in ("refocused", "otf_radial", "psf", "defocus_um", "sharpness"):
@@ -83,7 +83,7 @@ def test_nan_and_inf_planes_are_masked_and_named(tmp_path, tiny_model, client, c
     with caplog.at_level("WARNING", logger="plate_refocus.pipeline"):
         summary = run_plate(plate, tmp_path / "r.zarr", client=client, model=tiny_model)
     assert summary.ok and summary.planes_flagged == {"NaN or infinite pixels (masked)": 2}
-    ds = xr.open_zarr(tmp_path / "r.zarr")
+    ds = open_results(tmp_path / "r.zarr")
     flags = ds["plane_flags"].values[:, 0, :]  # (well, z)
     assert flags.tolist() == [[0, PLANE_NONFINITE], [0, PLANE_NONFINITE]]
     assert np.isnan(ds["refocused"].values[:, 0, 1]).all()
@@ -101,7 +101,7 @@ def test_a_plate_without_signal_gets_nan_defocus_and_a_flag(tmp_path, tiny_model
     summary = run_plate(plate, tmp_path / "r.zarr", client=client, model=tiny_model)
     assert summary.ok
     assert summary.planes_flagged == {"no signal above the noise (left out of the PSF)": 4}
-    ds = xr.open_zarr(tmp_path / "r.zarr")
+    ds = open_results(tmp_path / "r.zarr")
     assert np.isnan(ds["defocus_um"].values).all() and np.isnan(ds["defocus_err_um"].values).all()
     assert (ds["plane_flags"].values == PLANE_NO_SIGNAL).all()
 

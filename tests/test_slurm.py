@@ -19,11 +19,11 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-import xarray as xr
 import zarr
 from distributed import as_completed
 
 from plate_refocus import cluster
+from plate_refocus.results import open_results
 
 
 def _slurm_state() -> str | None:
@@ -175,7 +175,7 @@ def _run_on_slurm(plate, model, out, tmp_path, job_name) -> tuple[subprocess.Pop
 
 
 def _assert_same_results(out: Path, local: Path) -> None:
-    a, b = xr.open_zarr(out), xr.open_zarr(local)
+    a, b = open_results(out), open_results(local)
     assert a.sizes == b.sizes and a.attrs["model_name"] == b.attrs["model_name"]
     for name in _VARIABLES:
         # The defocus fit is an optimiser with its own tolerance.

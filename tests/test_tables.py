@@ -132,8 +132,10 @@ def _boom(block):
 def test_tables_read_no_pixels(results):
     import dask.array as da
 
+    from plate_refocus.results import open_results
+
     path, _ = results
-    ds = xr.open_zarr(path)
+    ds = open_results(path)
     pixels = ds["refocused"].data
     ds["refocused"] = ds["refocused"].copy(data=da.map_blocks(_boom, pixels, dtype=pixels.dtype))
     wells_table(ds)

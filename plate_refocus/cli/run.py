@@ -36,6 +36,11 @@ def _add_run(subparsers) -> None:
     mode.add_argument("--overwrite", action="store_true",
                       help="replace an existing OUT (only a results store of plate-refocus run "
                       "or an empty folder is ever removed)")
+    p.add_argument("--dtype", choices=["uint16", "float32"], default="uint16",
+                   help="how the refocused plate stores the images: camera counts rounded to "
+                   "uint16 (default; the rounding is far below the images' noise) or float32")
+    p.add_argument("--csv", action="store_true",
+                   help="write the per-well and per-field tables as CSV too (OUT/tables/)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (and the batch job script for jobqueue clusters) "
                    "and exit without running")
@@ -63,7 +68,8 @@ def _print_summary(summary) -> None:
     if summary.wells_failed:
         print("the other wells are written; fix the cause and run again with --resume to retry "
               "only the failed wells")
-    print(f"results: {summary.out}")
+    print(f"results: {summary.out} (refocused plate: {summary.out / 'refocused'}; tables: "
+          f"{summary.out / 'tables'})")
     print(f'open them with:  python -c "import xarray as xr; print(xr.open_zarr({str(summary.out)!r}))"')
 
 
@@ -76,7 +82,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plan = plan_run(
         args.plate, args.out, model=args.model, channel=args.channel, reference=args.reference,
         resume=args.resume, overwrite=args.overwrite, wells=wells,
-        gpu=getattr(args, "gpu", False), z_step_um=args.z_step,
+        gpu=getattr(args, "gpu", False), z_step_um=args.z_step, dtype=args.dtype,
         command_line=command_line(),
     )
     if args.dry_run:
@@ -90,7 +96,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     with client_from_args(args) as client:
         print(f"dashboard: {client.dashboard_link}", flush=True)
-        summary = execute_run(plan, client, on_well_done=_progress(args))
+        summary = execute_run(plan, client, on_well_done=_progress(args), tables_csv=args.csv)
     _print_summary(summary)
     return 0 if summary.ok else 1
 
