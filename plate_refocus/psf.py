@@ -37,9 +37,15 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 import scipy.sparse
-import scipy.special
 
-from .optics import Optics
+from .optics import (
+    Optics,
+    check_pixel_size,
+    check_shape,
+    model_psf_radius_um,
+    radial_frequencies,
+    radial_otf,
+)
 from .xp import get_xp, to_numpy
 
 __all__ = [
@@ -57,6 +63,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The former name of :func:`plate_refocus.optics.radial_otf` (the Hankel model moved there).
+model_radial_otf = radial_otf
 
 Reference = Literal["object", "in-focus"]
 _REFERENCES = ("object", "in-focus")
@@ -492,51 +501,6 @@ def field_spectra(
 # --------------------------------------------------------------------------- isotropic projection
 
 
-def _check_shape(shape: Any) -> tuple[int, int]:
-    try:
-        ny, nx = (int(n) for n in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"shape must be two integers (Y, X), got {shape!r}") from None
-    if ny < 2 or nx < 2 or (ny, nx) != tuple(shape):
-        raise ValueError(f"shape must be two integers >= 2 (Y, X), got {shape!r}")
-    return ny, nx
-
-
-def _check_pixel(pixel_size_um: Any) -> float:
-    if isinstance(pixel_size_um, bool) or not isinstance(pixel_size_um, (int, float, np.floating)):
-        raise TypeError(f"pixel_size_um must be a number, got {pixel_size_um!r}")
-    if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
-        raise ValueError(f"pixel_size_um must be positive and finite, got {pixel_size_um!r}")
-    return float(pixel_size_um)
-
-
-def radial_frequencies(shape: tuple[int, int], pixel_size_um: float) -> np.ndarray:
-    """The fixed radial frequency axis of the OTF profile for a field shape.
-
-    The spacing is the coarser of the two grid spacings, ``1 / (min(Y, X) dx)``,
-    so that every bin holds grid points; the axis runs from 0 past the corner
-    of the grid, ``sqrt(2) / (2 dx)``, so every grid frequency is interpolated.
-
-    Parameters
-    ----------
-    shape : (int, int)
-        Image shape ``(Y, X)``.
-    pixel_size_um : float
-
-    Returns
-    -------
-    freq : (F,) ndarray of float64
-        Cycles/um, ``freq[0] == 0``.
-    """
-    ny, nx = _check_shape(shape)
-    dx = _check_pixel(pixel_size_um)
-    step = 1.0 / (min(ny, nx) * dx)
-    fy = np.abs(np.fft.fftfreq(ny, d=dx)).max()
-    fx = np.abs(np.fft.fftfreq(nx, d=dx)).max()
-    nbins = int(math.floor(math.hypot(fy, fx) / step)) + 2
-    return np.arange(nbins) * step
-
-
 @lru_cache(maxsize=8)
 def _operator(
     shape: tuple[int, int], pixel_size_um: float, support: float | None, alias: bool
@@ -611,9 +575,9 @@ def isotropic_operator(
     -------
     B : (Y * (X // 2 + 1), F) scipy.sparse.csr_matrix
     """
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     support = None if support is None else float(support)
-    return _operator(shape, _check_pixel(pixel_size_um), support, bool(alias))[0]
+    return _operator(shape, check_pixel_size(pixel_size_um), support, bool(alias))[0]
 
 
 def _solve_profile(
@@ -681,13 +645,13 @@ def project_isotropic(
         with its Hermitian multiplicity, so this is the least-squares fit over
         the full 2-D frequency plane.
     """
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     half = (shape[0], shape[1] // 2 + 1)
     otf = np.asarray(otf)
     if otf.shape != half:
         raise ValueError(f"otf must have the rfft2 shape {half!r} for shape {shape!r}, got {otf.shape!r}")
     matrix, mult, active = _operator(
-        shape, _check_pixel(pixel_size_um), None if support is None else float(support), bool(alias)
+        shape, check_pixel_size(pixel_size_um), None if support is None else float(support), bool(alias)
     )
     w = mult if weights is None else mult * np.asarray(weights, dtype=np.float64).ravel()
     if weights is not None and (np.asarray(weights).shape != half or np.any(w < 0)):
@@ -717,7 +681,7 @@ def expand_isotropic(
     -------
     otf : (Y, X // 2 + 1) ndarray of float64
     """
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     matrix = isotropic_operator(shape, pixel_size_um, support=support, alias=alias)
     profile = np.asarray(profile, dtype=np.float64)
     if profile.shape != (matrix.shape[1],):
@@ -728,114 +692,7 @@ def expand_isotropic(
     return (matrix @ profile).reshape(shape[0], shape[1] // 2 + 1)
 
 
-# --------------------------------------------------------------------------- optical model
-
-
-_HANKEL_STEP = 0.04  # image-radius step in units of 1 / (NA / lambda): 12.5 samples per cutoff period
-
-
-def _psf_radius_um(z_um: float, optics: Optics) -> float:
-    """Radius of the PSF the Hankel model keeps: 1.5 blur radii plus 30 um, at least 60 um."""
-    return max(60.0, 1.5 * optics.blur_radius_um(z_um) + 30.0)
-
-
-def _hankel_nodes(n_radii: int, phase_cycles: float) -> int:
-    """Gauss-Legendre nodes over the pupil radius for an integrand of so many oscillations.
-
-    The pupil integral of ``J0(2 pi s t) exp(i phase(t))`` oscillates about
-    ``s_max + phase_cycles`` times over ``t in [0, 1]``; twice that plus a margin,
-    rounded up to a multiple of 64 (few cached kernels), agrees with 1024 nodes
-    to 1e-13 for NA 0.1-0.75 and |z| up to 100 um (NA 0.45, 30 um: 256 nodes,
-    a third of the time), and takes more than 1024 where the integrand needs it.
-    """
-    cycles = n_radii * _HANKEL_STEP + phase_cycles
-    return 64 * math.ceil((2.0 * cycles + 64.0) / 64.0)
-
-
-@lru_cache(maxsize=8)
-def _pupil_to_psf(n_radii: int, n_nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # In normalised radii (pupil t = rho / rho_max in [0, 1], image s = r rho_max) the
-    # Hankel kernel J0(2 pi s t) does not depend on the optics, so fitting the NA reuses it.
-    nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
-    t = 0.5 * (nodes + 1.0)
-    t_weights = 0.5 * weights * 2 * np.pi * t
-    s = (np.arange(n_radii) + 0.5) * _HANKEL_STEP
-    kernel = scipy.special.j0(2 * np.pi * s[:, None] * t[None, :])
-    for a in (t, t_weights, kernel):
-        a.flags.writeable = False
-    return t, t_weights, kernel
-
-
-@lru_cache(maxsize=16)
-def _psf_to_otf(scaled_freq: tuple[float, ...], n_radii: int) -> np.ndarray:
-    s = (np.arange(n_radii) + 0.5) * _HANKEL_STEP
-    matrix = scipy.special.j0(2 * np.pi * np.asarray(scaled_freq)[:, None] * s[None, :])
-    matrix *= 2 * s * _HANKEL_STEP  # 2 pi s ds / pi: the energy of the pupil is pi in these units
-    matrix.flags.writeable = False
-    return matrix
-
-
-def model_radial_otf(
-    freq: np.ndarray, z_um: float | np.ndarray, optics: Optics, *, max_radius_um: float | None = None
-) -> np.ndarray:
-    """The isotropic defocus OTF ``K_z(|nu|)`` by Hankel transforms (fast, for fitting).
-
-    The amplitude PSF is the Hankel transform of the pupil with the
-    angular-spectrum defocus phase, the OTF the Hankel transform of its
-    squared modulus, normalised by the exact total energy ``pi (NA/lambda)^2``
-    (Parseval), so truncating the PSF at `max_radius_um` only affects
-    frequencies below ``1 / max_radius_um``. It agrees with
-    :func:`plate_refocus.optics.radial_otf` to about 1e-3 and costs a few
-    milliseconds per ``z``; an array of ``z`` is computed in one matrix product.
-
-    Parameters
-    ----------
-    freq : (F,) array_like of float
-        Radial frequencies in cycles/um.
-    z_um : float or (Z,) array_like of float
-    optics : Optics
-    max_radius_um : float, optional
-        Radius of the PSF kept; default ``max(60, 1.5 |z| tan(asin(NA/n)) + 30)``.
-
-    Returns
-    -------
-    otf : (F,) or (Z, F) ndarray of float64
-        ``otf[..., freq == 0] == 1`` and zero beyond the cutoff.
-    """
-    if not isinstance(optics, Optics):
-        raise TypeError(f"optics must be an Optics, got {type(optics).__name__}")
-    zs = np.abs(np.asarray(z_um, dtype=np.float64))
-    z = float(zs.max()) if zs.size else 0.0
-    freq = np.asarray(freq, dtype=np.float64)
-    rho_max = optics.na / optics.wavelength_um
-    k = optics.immersion_index / optics.wavelength_um
-    if max_radius_um is None:
-        max_radius_um = _psf_radius_um(z, optics)
-    # few distinct grids: round the normalised radius up to a multiple of 10
-    n_radii = int(math.ceil(max_radius_um * rho_max / 10.0)) * int(round(10.0 / _HANKEL_STEP))
-    phase_cycles = z * (k - math.sqrt(max(k**2 - rho_max**2, 0.0)))
-    t, t_weights, kernel = _pupil_to_psf(n_radii, _hankel_nodes(n_radii, phase_cycles))
-    rho = rho_max * t
-    angle = 2 * np.pi * zs.reshape(-1, 1) * (np.sqrt(k**2 - rho**2) - k)  # (Z, T)
-    # real kernel times (cos, sin) columns: one real GEMM for all z, no complex copy
-    columns = np.concatenate([np.cos(angle) * t_weights, np.sin(angle) * t_weights]).T  # (T, 2Z)
-    amplitude = kernel @ columns
-    nz = zs.size
-    intensity = amplitude[:, :nz] ** 2 + amplitude[:, nz:] ** 2  # (S, Z)
-    otf = (_psf_to_otf(tuple((freq / rho_max).tolist()), n_radii) @ intensity).T  # (Z, F)
-    otf[:, freq >= optics.cutoff] = 0.0
-    otf[:, freq == 0] = 1.0
-    return otf.reshape(zs.shape + freq.shape)
-
-
 # --------------------------------------------------------------------------- defocus fit
-
-
-@dataclass(frozen=True)
-class _Fit:
-    z: float
-    err: float
-    na: float | None
 
 
 def _fit_band(freq: np.ndarray, optics: Optics, reference: str) -> np.ndarray:
@@ -856,7 +713,7 @@ def _model(
 
     An array of ``z`` gives one row per ``z`` (the fit's coarse grid in one call).
     """
-    model = model_radial_otf(freq, z, optics, max_radius_um=radius)
+    model = radial_otf(freq, z, optics, max_radius_um=radius)
     if focus is not None:
         model = np.divide(model, focus, out=np.zeros_like(model), where=np.abs(focus) > 1e-6)
     return model
@@ -897,7 +754,7 @@ def fit_defocus(
 
     Notes
     -----
-    The model is :func:`model_radial_otf`. The objective is the unweighted
+    The model is :func:`plate_refocus.optics.radial_otf`. The objective is the unweighted
     sum of squares over the profile bins of the band; it is scanned over a
     grid of ``|z|`` (0.5 um steps) because it has many local minima, then
     refined by Brent's method. The standard error is the curvature estimate
@@ -923,10 +780,10 @@ def fit_defocus(
     f, p = freq[band], profile[band]
 
     # one PSF radius for the whole search, so the Hankel kernel is built once
-    radius = _psf_radius_um(max_defocus_um, optics)
+    radius = model_psf_radius_um(max_defocus_um, optics)
 
     def focus_of(opt: Optics) -> np.ndarray | None:
-        return model_radial_otf(f, 0.0, opt, max_radius_um=radius) if reference == "in-focus" else None
+        return radial_otf(f, 0.0, opt, max_radius_um=radius) if reference == "in-focus" else None
 
     focus = focus_of(optics)
 
@@ -1126,7 +983,7 @@ def recover_psf(
     """
     if not isinstance(spectra, FieldSpectra):
         raise TypeError(f"spectra must be a FieldSpectra (from field_spectra), got {type(spectra).__name__}")
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     half = (shape[0], shape[1] // 2 + 1)
     if spectra.shape != half:
         raise ValueError(
@@ -1151,7 +1008,7 @@ def recover_psf(
         if optics is None:
             raise ValueError("recover_psf needs optics or pixel_size_um=...; pass one of them")
         pixel_size_um = optics.pixel_size_um
-    dx = _check_pixel(pixel_size_um)
+    dx = check_pixel_size(pixel_size_um)
     if spectra.count == 0:
         raise ValueError("spectra hold no fields (count == 0); sum field_spectra over fields first")
 
