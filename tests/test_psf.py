@@ -147,7 +147,7 @@ def test_field_spectra_checks_its_arguments(kwargs, error, match):
 
 
 def test_periodic_component_matches_direct_poisson_solution():
-    from plate_refocus.psf import _periodic_component
+    from plate_refocus.psf.spectra import _periodic_component
     from plate_refocus.xp import get_xp
 
     xp, fft = get_xp("numpy")
