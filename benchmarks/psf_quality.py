@@ -17,9 +17,10 @@ never used while developing, and for each channel, reference and depth prints:
   over ``|nu| <= 0.4 x cutoff`` and over ``0.4 - 0.8 x cutoff``, each over the
   norm of the truth in the whole band (``lo^2 + hi^2 = otf9^2``),
 * ``model``: the error of the optical model at the fitted ``|z|``
-  (:func:`plate_refocus.psf.model_radial_otf`, over its in-focus model for
-  the in-focus reference), i.e. of the PSF that the fit implies; the bars
-  are on the recovered profile (``otf9``), this column is for comparison,
+  (:func:`plate_refocus.optics.radial_otf`, the model of the truth too, over
+  its in-focus model for the in-focus reference), i.e. of the PSF that the
+  fit implies; the bars are on the recovered profile (``otf9``), this column
+  is for comparison,
 * ``afree``: for the in-focus reference when the camera undersamples the
   optics, ``otf9`` over the alias-free band ``|nu| <= 1/dx - cutoff`` only
   (beyond it the data carry the ratio of two aliased sums, not ``K_z / K_0``;
@@ -42,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from plate_refocus.optics import Optics, radial_otf
-from plate_refocus.psf import field_spectra, model_radial_otf, radial_frequencies, recover_psf
+from plate_refocus.optics import Optics, radial_frequencies, radial_otf
+from plate_refocus.psf import field_spectra, recover_psf
 from plate_refocus.simulate import Camera, simulate_field
 
 CONFIGS = {
@@ -142,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                     norm = np.linalg.norm(truth[band])
                     err_lo = float(np.linalg.norm((est.otf_radial - truth)[band & low]) / norm)
                     err_hi = float(np.linalg.norm((est.otf_radial - truth)[band & ~low]) / norm)
-                    model = model_radial_otf(freq, est.defocus_um, optics)
+                    model = radial_otf(freq, est.defocus_um, optics)
                     if reference == "in-focus":
-                        focus_model = model_radial_otf(freq, 0.0, optics)
+                        focus_model = radial_otf(freq, 0.0, optics)
                         model = np.divide(model, focus_model, out=np.zeros_like(model),
                                           where=np.abs(focus_model) > 1e-6)
                     err_model = rel_l2(model, truth, band)

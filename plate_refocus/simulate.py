@@ -35,7 +35,7 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
-from .optics import Optics, defocus_otf, radial_otf
+from .optics import Optics, check_shape, defocus_otf, radial_frequencies, radial_otf
 
 __all__ = [
     "DEFAULT_DEPTHS_UM",
@@ -46,7 +46,6 @@ __all__ = [
     "simulate_field",
     "simulate_plate",
     "field_padding",
-    "radial_frequencies_for",
     "true_otf_radial",
 ]
 
@@ -154,17 +153,6 @@ class SimulatedField(NamedTuple):
 
 
 # --- argument checks ----------------------------------------------------------------------------
-
-
-def _check_shape(shape: Sequence[int], *, minimum: int = 8) -> tuple[int, int]:
-    try:
-        ny, nx = (int(n) for n in shape)
-        ok = all(int(n) == n for n in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"shape must be two integers (Y, X), got {shape!r}") from None
-    if not ok or ny < minimum or nx < minimum:
-        raise ValueError(f"shape must be two integers >= {minimum} (Y, X), got {shape!r}")
-    return ny, nx
 
 
 def _check_channels(channels: Sequence[str]) -> tuple[str, ...]:
@@ -444,7 +432,7 @@ def simulate_objects(
         Non-negative, each channel scaled so its maximum is 1 (all zeros when
         no cell reaches the field).
     """
-    shape = _check_shape(shape)
+    shape = check_shape(shape, minimum=8)
     channels = _check_channels(channels)
     seq = _seed_sequence(seed)
     cells = _place_cells(shape, _child(seq, 0))
@@ -525,7 +513,7 @@ def simulate_field(
     that value or below). The FFTs run on one
     thread, as this is meant to run inside Dask tasks.
     """
-    shape = _check_shape(shape)
+    shape = check_shape(shape, minimum=8)
     depths = _check_depths(depths_um)
     channels = _check_channels(channels)
     _check_optics_camera(optics, camera)
@@ -567,20 +555,11 @@ def simulate_field(
 # --- ground truth ------------------------------------------------------------------------------
 
 
-def radial_frequencies_for(shape: Sequence[int], pixel_size_um: float) -> np.ndarray:
-    """The radial frequency axis stored with ground truth: ``0 .. Nyquist`` in steps ``1/(N dx)``.
-
-    Returns
-    -------
-    freq : (max(Y, X) // 2 + 1,) ndarray of float64
-        cycles/um, ``N = max(Y, X)``.
-    """
-    shape = _check_shape(shape, minimum=2)
-    return np.fft.rfftfreq(max(shape), d=float(pixel_size_um))
-
-
 def true_otf_radial(depths_um: Sequence[float], freq: np.ndarray, optics: Optics = DEFAULT_OPTICS) -> np.ndarray:
-    """The model's isotropic OTF ``K_z(|nu|)`` for every depth.
+    """The model's isotropic OTF ``K_z(|nu|)`` (:func:`plate_refocus.optics.radial_otf`) for every depth.
+
+    `freq` is normally :func:`plate_refocus.optics.radial_frequencies` of the
+    field shape, the axis of the results' ``otf_radial``.
 
     Returns
     -------
@@ -696,12 +675,12 @@ def simulate_plate(
         raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
     n_rows, n_columns = check_plate_format(plate_format)
     wells = wells_for(rows, columns, plate_format)
-    shape = _check_shape(size)
+    shape = check_shape(size, minimum=8)
     depths = _check_depths(depths_um)
     channels = _check_channels(channels)
     _check_optics_camera(optics, camera)
     n_c, n_z = len(channels), len(depths)
-    freq = radial_frequencies_for(shape, optics.pixel_size_um)
+    freq = radial_frequencies(shape, optics.pixel_size_um)
     focal = [j for j, z in enumerate(depths) if z == 0]
     targets = create_plate(
         out, (len(wells), fields, n_c, n_z, *shape), np.uint16, wells, optics=optics, z_um=depths,
@@ -717,8 +696,8 @@ def simulate_plate(
     targets.ground_truth["freq"][...] = freq
     # One task per field, which simulates it and writes its planes and ground truth
     # straight into the zarr arrays: nothing but "done" travels back, so a worker holds one
-    # field at a time whatever the size of the plate. The true OTFs (seconds of FFTs on a
-    # fine grid) are one more task, run on a worker alongside the fields.
+    # field at a time whatever the size of the plate. The true OTFs are one more task, run
+    # on a worker alongside the fields.
     run = uuid.uuid4().hex[:8]
     gt = targets.ground_truth
     tasks = [dask.delayed(_write_otf, pure=False)(gt["otf_radial"], depths, freq, optics,

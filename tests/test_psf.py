@@ -20,7 +20,6 @@ from plate_refocus.psf import (
     field_spectra,
     fit_defocus,
     isotropic_operator,
-    model_radial_otf,
     project_isotropic,
     radial_frequencies,
     recover_psf,
@@ -148,7 +147,7 @@ def test_field_spectra_checks_its_arguments(kwargs, error, match):
 
 
 def test_periodic_component_matches_direct_poisson_solution():
-    from plate_refocus.psf import _periodic_component
+    from plate_refocus.psf.spectra import _periodic_component
     from plate_refocus.xp import get_xp
 
     xp, fft = get_xp("numpy")
@@ -237,7 +236,7 @@ def test_window_model_is_exact_for_periodic_images():
     optics = Optics(pixel_size_um=0.1)
     shape = (64, 80)
     freq = radial_frequencies(shape, 0.1)
-    truth = model_radial_otf(freq, 3.0, optics)
+    truth = radial_otf(freq, 3.0, optics)
     otf = expand_isotropic(truth, shape, 0.1, support=optics.cutoff)
     objects = [blobs(shape, seed, n=10) for seed in range(2)]
     spectra = sum(field_spectra(o, np.fft.irfft2(np.fft.rfft2(o) * otf, s=shape)) for o in objects)
@@ -269,15 +268,6 @@ def test_a_bright_floor_does_not_bias_the_recovered_otf():
 
 
 # --------------------------------------------------------------------------- isotropic projection
-
-
-def test_radial_frequencies_cover_the_grid():
-    freq = radial_frequencies((40, 64), 0.5)
-    assert freq[0] == 0
-    np.testing.assert_allclose(np.diff(freq), 1 / (40 * 0.5))
-    assert freq[-1] > math.hypot(1.0, 1.0)  # the corner of the grid, 1 / (2 dx) on each axis
-    with pytest.raises(ValueError, match="pixel_size_um must be positive"):
-        radial_frequencies((40, 64), -1.0)
 
 
 @PROPERTY
@@ -443,7 +433,7 @@ def test_undersampled_camera_is_handled_by_the_alias_model():
     spectra = field_spectra(image, blurred, edges="none")
     est = recover_psf(spectra, shape, optics)
     freq = est.freq
-    truth = model_radial_otf(freq, z, optics)
+    truth = radial_otf(freq, z, optics)
     band = (freq > 1.0 / optics.pixel_size_um - optics.cutoff) & (freq < 0.95 * optics.cutoff)
     assert band.any() and freq[band].max() > optics.nyquist  # recovered beyond Nyquist
     assert np.abs(est.otf_radial - truth)[freq < optics.cutoff].max() < 0.01
@@ -457,52 +447,21 @@ def test_undersampled_camera_is_handled_by_the_alias_model():
 # --------------------------------------------------------------------------- model and fit
 
 
-@pytest.mark.parametrize("optics", [Optics(), SECOND])
-@pytest.mark.parametrize("z", [0.0, 2.0, 10.0, 25.0])
-def test_hankel_model_agrees_with_the_optics_module(optics, z):
-    freq = np.linspace(0, 1.2 * optics.cutoff, 90)
-    np.testing.assert_allclose(model_radial_otf(freq, z, optics), radial_otf(freq, z, optics, grid=2048),
-                               atol=2.5e-3)
+def test_psf_keeps_the_names_of_the_optics_primitives():
+    # the radial axis and the radial OTF are defined once, in plate_refocus.optics
+    from plate_refocus import optics, psf
 
-
-def test_radial_otf_default_grid_is_converged_for_a_wide_blur():
-    # The benchmark's truth. NA 0.45 at 30 um: a fixed 1024 grid was 1% off; the
-    # automatic grid must be within 0.3% of a 4096 grid.
-    freq = np.linspace(0, 0.8 * SECOND.cutoff, 200)
-    fine = radial_otf(freq, 30.0, SECOND, grid=4096)
-    auto = radial_otf(freq, 30.0, SECOND)
-    assert np.linalg.norm(auto - fine) <= 3e-3 * np.linalg.norm(fine)
-    with pytest.raises(ValueError, match="grid"):
-        radial_otf(freq, 1.0, SECOND, grid=3)
-
-
-@pytest.mark.parametrize("optics", [Optics(), SECOND, Optics(na=0.75, wavelength_um=0.5, pixel_size_um=0.1)])
-@pytest.mark.parametrize("z", [0.0, 7.0, 60.0])
-def test_hankel_node_count_follows_the_oscillations(monkeypatch, optics, z):
-    # the adaptive Gauss-Legendre rule gives what a dense 1024-node rule gives
-    from plate_refocus import psf
-
-    freq = np.linspace(0, optics.cutoff, 200)
-    adaptive = model_radial_otf(freq, z, optics)
-    monkeypatch.setattr(psf, "_hankel_nodes", lambda n_radii, phase_cycles: 1024)
-    np.testing.assert_allclose(adaptive, model_radial_otf(freq, z, optics), atol=1e-10)
-
-
-def test_hankel_model_in_focus_is_the_circular_pupil_autocorrelation():
-    optics = Optics()
-    freq = np.linspace(0, optics.cutoff, 60)
-    s = freq / optics.cutoff
-    exact = 2 / np.pi * (np.arccos(s) - s * np.sqrt(1 - s * s))
-    np.testing.assert_allclose(model_radial_otf(freq, 0.0, optics), exact, atol=2e-3)
+    assert psf.radial_frequencies is optics.radial_frequencies
+    assert psf.model_radial_otf is optics.radial_otf
 
 
 @pytest.mark.parametrize("reference, z", [("object", 2.0), ("in-focus", 9.3), ("object", 27.0)])
 def test_fit_recovers_depth_from_a_model_profile(reference, z):
     optics = Optics()
     freq = radial_frequencies((128, 128), optics.pixel_size_um)
-    profile = model_radial_otf(freq, z, optics)
+    profile = radial_otf(freq, z, optics)
     if reference == "in-focus":
-        focus = model_radial_otf(freq, 0, optics)
+        focus = radial_otf(freq, 0, optics)
         profile = np.divide(profile, focus, out=np.zeros_like(profile), where=focus > 1e-6)
     fit_z, err, na = fit_defocus(freq, profile, optics, reference=reference)
     assert fit_z == pytest.approx(z, abs=1e-3)
@@ -514,7 +473,7 @@ def test_fit_recovers_depth_from_a_model_profile(reference, z):
 def test_fit_of_numerical_aperture():
     truth = dataclasses.replace(Optics(), na=0.27)
     freq = radial_frequencies((128, 128), truth.pixel_size_um)
-    profile = model_radial_otf(freq, 7.0, truth)
+    profile = radial_otf(freq, 7.0, truth)
     z, _, na = fit_defocus(freq, profile, Optics(), fit_na=True)
     assert na == pytest.approx(0.27, abs=0.003)
     assert z == pytest.approx(7.0, abs=0.1)

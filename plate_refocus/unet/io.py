@@ -1,0 +1,243 @@
+"""Model files: a ``.keras`` archive with its :class:`~plate_refocus.unet.ModelInfo` JSON beside it.
+
+:func:`save_model` writes both (the JSON records the SHA-256 of the archive,
+so weights and metadata cannot drift apart silently), :func:`load_model`
+checks and loads them in Keras safe mode (TensorFlow's start-up noise sent
+to the log), :func:`read_model_info` reads the metadata alone (no Keras),
+and :func:`default_model_path` is the model shipped with the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import zipfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError, ModelNotFoundError
+from .model import ModelInfo, RefocusModel
+
+__all__ = [
+    "save_model",
+    "load_model",
+    "read_model_info",
+    "default_model_path",
+    "native_startup_lines_to_log",
+]
+
+# The package's logger, as before the split: TensorFlow's start-up lines go to ``plate_refocus.unet``.
+log = logging.getLogger(__package__)
+
+_DEFAULT_MODEL = "default.keras"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _metadata_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def default_model_path() -> Path:
+    """Path of the model shipped with the package (``plate_refocus/models/default.keras``)."""
+    return Path(str(resources.files("plate_refocus") / "models" / _DEFAULT_MODEL))
+
+
+def save_model(model: RefocusModel, path: str | os.PathLike) -> Path:
+    """Write ``model`` as ``path`` (``.keras``) and its metadata as ``path`` with ``.json``.
+
+    Parameters
+    ----------
+    model : RefocusModel
+    path : str or path-like
+        Must end in ``.keras``.
+
+    Returns
+    -------
+    Path
+        The ``.keras`` path. ``model.info`` is replaced by one that carries
+        the file's SHA-256 and the package and Keras versions. Only the
+        architecture and weights are written (no optimizer state).
+    """
+    if not isinstance(model, RefocusModel):
+        raise TypeError(f"model must be a RefocusModel, got {type(model).__name__}")
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"model path must end in '.keras', got {str(path)!r}")
+    import keras
+
+    from .. import __version__
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keras_model = model.keras_model
+    if getattr(keras_model, "optimizer", None) is not None:
+        # A compiled model would carry its optimizer state (twice the weights) and its loss:
+        # save an uncompiled copy, which is all that prediction needs.
+        keras_model = keras.Model.from_config(keras_model.get_config())
+        keras_model.set_weights(model.keras_model.get_weights())
+    keras_model.save(path)
+    info = dataclasses.replace(
+        model.info,
+        sha256=_sha256(path),
+        package_version=__version__,
+        keras_version=keras.__version__,
+    )
+    _metadata_path(path).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    model.info = info
+    return path
+
+
+def read_model_info(path: str | os.PathLike) -> ModelInfo:
+    """The validated metadata of a model file, without loading the weights (or Keras)."""
+    path = Path(path)
+    meta = _metadata_path(path)
+    if not meta.exists():
+        raise ModelError(
+            f"model {str(path)!r} has no metadata file {str(meta)!r}; a model file needs its JSON "
+            "beside it (written by plate_refocus.unet.save_model and `plate-refocus train`)"
+        )
+    try:
+        data = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelError(f"model metadata {str(meta)!r} is not valid JSON ({error}); re-save the model") from None
+    return ModelInfo.from_dict(data, source=f"model metadata {str(meta)!r}")
+
+
+def load_model(path: str | os.PathLike | None = None) -> RefocusModel:
+    """Load a refocusing model and its metadata, in Keras safe mode.
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        A ``.keras`` file with its ``.json`` beside it; by default the model
+        shipped with the package (:func:`default_model_path`).
+
+    Returns
+    -------
+    RefocusModel
+
+    Raises
+    ------
+    ModelNotFoundError
+        The file does not exist.
+    ModelError
+        The metadata is missing or invalid, does not match the file's hash,
+        or the file is corrupt or holds code (e.g. a ``Lambda`` layer) that
+        safe mode refuses to run.
+    """
+    if path is None:
+        path = default_model_path()
+        if not path.exists():
+            raise ModelNotFoundError(
+                f"the default model {str(path)!r} is missing from this installation; "
+                "reinstall plate-refocus or pass a model with --model / load_model(path)"
+            )
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or path-like, got {type(path).__name__}")
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"model file {str(path)!r} does not exist; pass the path of a .keras file written by "
+            "`plate-refocus train`, or leave it out to use the shipped default model"
+        )
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise ModelError(
+            f"model file {str(path)!r} is not a Keras 3 '.keras' archive (corrupt or another "
+            "format); retrain it or copy it again"
+        )
+    info = read_model_info(path)
+    digest = _sha256(path)
+    if info.sha256 and info.sha256 != digest:
+        raise ModelError(
+            f"model file {str(path)!r} has SHA-256 {digest[:12]}... but its metadata says "
+            f"{info.sha256[:12]}...; the weights and the JSON do not belong together"
+        )
+    with native_startup_lines_to_log():
+        import keras
+
+        try:
+            keras_model = keras.models.load_model(path, compile=False, safe_mode=True)
+        except Exception as error:  # noqa: BLE001 - Keras raises many kinds for bad archives
+            raise ModelError(
+                f"cannot load model file {str(path)!r} in Keras safe mode: {error}. Files with "
+                "Lambda layers or custom code are refused; use a model written by `plate-refocus train`"
+            ) from error
+    _check_io(keras_model, path)
+    return RefocusModel(keras_model, info)
+
+
+def _check_io(keras_model: Any, path: Path) -> None:
+    """Refuse a network that cannot refocus planes: one (Y, X, 1) input of any size, one channel out."""
+    problems = []
+    inputs, outputs = list(keras_model.inputs), list(keras_model.outputs)
+    if len(inputs) != 1 or len(outputs) != 1:
+        problems.append(f"{len(inputs)} inputs and {len(outputs)} outputs (needs one of each)")
+    else:
+        shape_in, shape_out = tuple(inputs[0].shape), tuple(outputs[0].shape)
+        if len(shape_in) != 4 or shape_in[-1] != 1:
+            problems.append(f"input shape {shape_in} (needs (batch, Y, X, 1): one channel)")
+        elif any(n is not None for n in shape_in[1:3]):
+            problems.append(f"input shape {shape_in} fixes the image size (needs (None, None, None, 1)"
+                            ": a fully convolutional network that takes any tile)")
+        if len(shape_out) != 4 or shape_out[-1] != 1:
+            problems.append(f"output shape {shape_out} (needs (batch, Y, X, 1): one channel)")
+    if problems:
+        raise ModelError(
+            f"model file {str(path)!r} does not fit plate-refocus: " + "; ".join(problems)
+            + ". Use a model written by `plate-refocus train`."
+        )
+
+
+#: TensorFlow's native start-up lines: absl INFO/WARNING records, its banner, the CPU-feature
+#: hint, and the CUDA probes that fail on every machine without a GPU driver.
+_STARTUP_NOISE = re.compile(
+    r"^(?:[IW]\d{4} |WARNING: All log messages before absl::InitializeLog|To enable the following "
+    r"instructions|E\d{4} .*(?:cuInit|Unable to register cu\w+ factory))"
+)
+
+
+@contextlib.contextmanager
+def native_startup_lines_to_log() -> Any:
+    """Send TensorFlow's native start-up lines to this module's logger instead of the terminal.
+
+    TensorFlow's C++ code prints a dozen lines (oneDNN, CPU features, "could
+    not find cuda drivers", "failed call to cuInit") straight to file
+    descriptor 2 when it starts, ignoring ``TF_CPP_MIN_LOG_LEVEL`` (TensorFlow
+    issue #100442), once per Dask worker. While Keras loads, descriptor 2 is
+    captured; those lines go to the ``plate_refocus.unet`` logger at DEBUG
+    and every other line is written back to stderr unchanged. Set
+    ``PLATE_REFOCUS_TF_LOGS=1`` (inherited by local workers) to leave stderr alone.
+    """
+    if os.environ.get("PLATE_REFOCUS_TF_LOGS"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if _STARTUP_NOISE.match(line):
+                    log.debug("TensorFlow: %s", line)
+                elif line.strip():
+                    print(line, file=sys.stderr)
