@@ -81,9 +81,9 @@ def _bare_loop(plate: Path, model_path: str | None) -> tuple[float, int]:
     It calls the pipeline's own pure per-(well, depth) function, so the work is the same by
     construction; only the reading, writing and scheduling differ.
     """
+    from plate_refocus.optics import radial_frequencies
     from plate_refocus.pipeline import DepthSettings, process_depth
     from plate_refocus.plate import open_ground_truth, open_plate, read_layout
-    from plate_refocus.psf import radial_frequencies
     from plate_refocus.unet import load_model
 
     layout = read_layout(plate)

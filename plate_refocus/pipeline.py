@@ -445,8 +445,8 @@ def plan_run(
     :class:`~plate_refocus.errors.PlateRefocusError` whose message says what
     to do. Parameters as in :func:`run_plate`.
     """
+    from .optics import radial_frequencies
     from .outputs import prepare_output
-    from .psf import radial_frequencies
     from .unet import default_model_path
 
     if reference not in REFERENCES:

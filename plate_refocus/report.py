@@ -514,9 +514,9 @@ def _band(freq: np.ndarray, optics) -> tuple[float, float] | None:
     """The frequencies the |defocus| fit uses (where a relative OTF carries signal)."""
     if optics is None:
         return None
-    from .psf import _fit_band
+    from .psf import fit_band
 
-    band = _fit_band(freq, optics, "in-focus")
+    band = fit_band(freq, optics, "in-focus")
     return (float(freq[band].min()), float(freq[band].max())) if band.any() else None
 
 

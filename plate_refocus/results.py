@@ -151,7 +151,7 @@ def _chunks(variable: Variable, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def results_coords(layout: Any) -> dict[str, Any]:
     """The store's coordinates for a plate: well (row, column), field, z (z_um), y/x, freq, py/px, stage."""
-    from .psf import radial_frequencies
+    from .optics import radial_frequencies
 
     dx = layout.optics.pixel_size_um
     p = PSF_SIZE

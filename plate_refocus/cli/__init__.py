@@ -6,8 +6,8 @@ arguments, calls it, and prints. Errors a user can cause
 without a traceback and exit with status 2; a run in which some wells failed
 exits with status 1 after its summary.
 
-Each command module has ``_add_<name>(subparsers)``, which declares the
-command's arguments, and ``_cmd_<name>(args) -> int``, which runs it:
+Each command module has ``add_<name>(subparsers)``, which declares the
+command's arguments, and ``run_<name>(args) -> int``, which runs it:
 :mod:`.plates` (simulate, ingest, info), :mod:`.run` (run, demo),
 :mod:`.model` (train, evaluate), :mod:`.report`. :mod:`.cluster_flags` maps
 the cluster flags onto :func:`plate_refocus.cluster.start_client`.
@@ -22,25 +22,25 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import PlateRefocusError
-from .model import _add_evaluate, _add_train
-from .plates import _add_info, _add_ingest, _add_simulate
-from .report import _add_report
-from .run import _add_demo, _add_run
+from .model import add_evaluate, add_train
+from .plates import add_info, add_ingest, add_simulate
+from .report import add_report
+from .run import add_demo, add_run
 
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("plate_refocus")
 
-#: (name, _add_<name>) in --help order.
+#: (name, add_<name>) in --help order.
 _COMMANDS: list[tuple[str, Callable]] = [
-    ("simulate", _add_simulate),
-    ("info", _add_info),
-    ("ingest", _add_ingest),
-    ("run", _add_run),
-    ("demo", _add_demo),
-    ("train", _add_train),
-    ("evaluate", _add_evaluate),
-    ("report", _add_report),
+    ("simulate", add_simulate),
+    ("info", add_info),
+    ("ingest", add_ingest),
+    ("run", add_run),
+    ("demo", add_demo),
+    ("train", add_train),
+    ("evaluate", add_evaluate),
+    ("report", add_report),
 ]
 
 

@@ -9,7 +9,7 @@ import time
 from .common import float_list
 
 
-def _add_train(subparsers) -> None:
+def add_train(subparsers) -> None:
     from ..train import TrainConfig
     from ..unet import UNetConfig
 
@@ -69,7 +69,7 @@ def _add_train(subparsers) -> None:
     fit.add_argument("--name", default=None, help="model name (default: the file name)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing model at --out (only a model of plate-refocus train)")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=run_train)
 
 
 def _train_command(args: argparse.Namespace) -> str:
@@ -88,7 +88,7 @@ def _train_command(args: argparse.Namespace) -> str:
     return " ".join(words)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def run_train(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, format_progress, train_plate
     from ..unet import UNetConfig
 
@@ -119,7 +119,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_evaluate(subparsers) -> None:
+def add_evaluate(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="score a model against the ground truth of a simulated plate, per depth",
@@ -135,10 +135,10 @@ def _add_evaluate(subparsers) -> None:
     p.add_argument("--no-wiener", action="store_true", help="skip the Wiener oracle")
     p.add_argument("--out", action="append", default=[],
                    help="write the table as CSV or JSON (by extension); may be repeated")
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=run_evaluate)
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def run_evaluate(args: argparse.Namespace) -> int:
     from ..metrics import evaluate_plate, format_table, write_table
     from ..unet import load_model
 

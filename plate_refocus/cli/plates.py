@@ -13,7 +13,7 @@ from ..optics import Optics
 from .common import add_optics_arguments, float_list, optics_from_args, positive_int, size
 
 
-def _add_simulate(subparsers) -> None:
+def add_simulate(subparsers) -> None:
     from ..plate import PLATE_FORMATS
     from ..simulate import CHANNELS, DEFAULT_DEPTHS_UM, Camera
 
@@ -62,10 +62,10 @@ def _add_simulate(subparsers) -> None:
     run.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     run.add_argument("--no-progress", action="store_true",
                      help="do not show the progress bar and dashboard link (shown only on a terminal)")
-    p.set_defaults(func=_cmd_simulate)
+    p.set_defaults(func=run_simulate)
 
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
+def run_simulate(args: argparse.Namespace) -> int:
     from ..simulate import Camera, simulate_plate
 
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
@@ -97,7 +97,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_ingest(subparsers) -> None:
+def add_ingest(subparsers) -> None:
     from ..ingest import PRESETS
     from ..plate import PLATE_FORMATS
     from .cluster_flags import add_cluster_arguments
@@ -137,10 +137,10 @@ def _add_ingest(subparsers) -> None:
                    help="do not show the progress bar (shown only on a terminal)")
     add_optics_arguments(p, defaults=False)
     add_cluster_arguments(p)
-    p.set_defaults(func=_cmd_ingest)
+    p.set_defaults(func=run_ingest)
 
 
-def _cmd_ingest(args: argparse.Namespace) -> int:
+def run_ingest(args: argparse.Namespace) -> int:
     import contextlib
     import warnings
 
@@ -194,7 +194,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_info(subparsers) -> None:
+def add_info(subparsers) -> None:
     p = subparsers.add_parser(
         "info",
         help="describe a plate: wells, fields, channels, planes, shape, pixel size, size on disk",
@@ -209,7 +209,7 @@ def _add_info(subparsers) -> None:
     p.add_argument("--z-step", type=float, default=None, metavar="UM",
                    help="spacing of the planes in um, for a plate whose metadata has no distinct z "
                    "positions")
-    p.set_defaults(func=_cmd_info)
+    p.set_defaults(func=run_info)
 
 
 def installation_info() -> dict:
@@ -237,7 +237,7 @@ def installation_info() -> dict:
             "packages": versions, "gpu": gpu_available(), "default_model": model}
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+def run_info(args: argparse.Namespace) -> int:
     import json
     import warnings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def _add_report(subparsers) -> None:
+def add_report(subparsers) -> None:
     p = subparsers.add_parser(
         "report",
         help="summarise a results store: a per-depth table and an HTML plate report",
@@ -19,10 +19,10 @@ def _add_report(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="folder for the files (default: RESULTS without .zarr, plus -report)")
     p.add_argument("--well", default=None, help="the well to draw OTFs and PSFs of (default: the first)")
-    p.set_defaults(func=_cmd_report)
+    p.set_defaults(func=run_report)
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+def run_report(args: argparse.Namespace) -> int:
     import sys
     import warnings
     from pathlib import Path

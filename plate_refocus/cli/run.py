@@ -7,7 +7,7 @@ import argparse
 from .common import command_line, progress_printer
 
 
-def _add_run(subparsers) -> None:
+def add_run(subparsers) -> None:
     from .cluster_flags import add_cluster_arguments
 
     p = subparsers.add_parser(
@@ -45,7 +45,7 @@ def _add_run(subparsers) -> None:
                    help="print the plan (and the batch job script for jobqueue clusters) "
                    "and exit without running")
     add_cluster_arguments(p)
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(func=run_run)
 
 
 def _progress(args: argparse.Namespace):
@@ -73,7 +73,7 @@ def _print_summary(summary) -> None:
     print(f'open them with:  python -c "import xarray as xr; print(xr.open_zarr({str(summary.out)!r}))"')
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def run_run(args: argparse.Namespace) -> int:
     from ..pipeline import execute_run, plan_run
     from .cluster_flags import client_from_args, job_script_for_args
 
@@ -101,7 +101,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
-def _add_demo(subparsers) -> None:
+def add_demo(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
         help="simulate a small plate and run it end to end on a local cluster",
@@ -114,10 +114,10 @@ def _add_demo(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="local Dask worker processes (default: one per core)")
     p.add_argument("--size", type=int, default=128, help="field size in pixels (default 128)")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=run_demo)
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> int:
     from ..cluster import start_client
     from ..outputs import DEMO_MARKER, prepare_output
     from ..pipeline import run_plate

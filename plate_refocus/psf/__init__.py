@@ -43,7 +43,7 @@ References
 from __future__ import annotations
 
 from ..optics import radial_frequencies, radial_otf
-from .fit import Reference, fit_defocus
+from .fit import Reference, fit_band, fit_defocus
 from .isotropic import expand_isotropic, isotropic_operator, project_isotropic
 from .recovery import AUTO_MU, PSFEstimate, estimate_psf, recover_psf
 from .spectra import WINDOW_MODEL_BINS, FieldSpectra, field_spectra
@@ -61,6 +61,7 @@ __all__ = [
     "expand_isotropic",
     "model_radial_otf",
     "fit_defocus",
+    "fit_band",
     "recover_psf",
     "estimate_psf",
     "AUTO_MU",

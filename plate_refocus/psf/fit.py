@@ -23,7 +23,9 @@ Reference = Literal["object", "in-focus"]
 REFERENCES = ("object", "in-focus")
 
 
-def _fit_band(freq: np.ndarray, optics: Optics, reference: str) -> np.ndarray:
+def fit_band(freq: np.ndarray, optics: Optics, reference: str) -> np.ndarray:
+    """Where the |z| fit looks: inside the passband, and for a relative OTF (``"in-focus"``)
+    where ``K_0`` is not tiny and the ratio is free of aliasing. (F,) bool."""
     band = (freq > 0) & (freq < optics.cutoff)
     if reference == "in-focus":
         # The relative OTF K_z / K_0 is only defined where K_0 is not tiny, and
@@ -99,7 +101,7 @@ def fit_defocus(
         raise ValueError(f"reference must be one of {REFERENCES!r}, got {reference!r}")
     if not (max_defocus_um > 0):
         raise ValueError(f"max_defocus_um must be positive, got {max_defocus_um!r}")
-    band = _fit_band(freq, optics, reference)
+    band = fit_band(freq, optics, reference)
     if band.sum() < 3:
         raise ValueError(
             f"too few profile bins ({int(band.sum())}) inside the fit band for optics {optics!r}; "
