@@ -1,0 +1,222 @@
+"""Planning a run: every check before anything starts, into a :class:`RunPlan`."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+
+from .. import __version__
+from ..errors import PlateLayoutError
+from ..optics import Optics
+from ..plate import PlateLayout, read_layout
+from ..results import (
+    PSF_SIZE,
+    REFOCUSED_PLATE,
+    RESULTS_FORMAT,
+    WELL_DONE,
+    ResultsWriter,
+    check_resume,
+    settings_for_resume,
+)
+from .compute import DepthSettings
+from .tasks import RunJob, well_graph
+
+__all__ = ["REFERENCES", "DTYPES", "MIN_IMAGE_SIZE", "RunPlan", "plan_run", "with_statuses",
+           "plate_graph_size"]
+
+#: Where the sharp reference for the PSF comes from.
+#: ``"refocused"``: the U-Net output of the same plane (estimates ``K_z / K_0``);
+#: ``"focal-plane"``: the stack's own in-focus plane (needs ``focal_plane`` metadata).
+REFERENCES = ("refocused", "focal-plane")
+
+
+#: How the refocused images are stored: camera counts rounded to uint16 (the default: the
+#: rounding error, at most 0.5 count, is far below the images' noise; see the README) or float32.
+DTYPES = ("uint16", "float32")
+
+
+#: Smallest image side a run accepts: the 33 x 33 PSF and the 11-px SSIM window must fit.
+MIN_IMAGE_SIZE = PSF_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """A checked run: what :func:`execute_run` does, decided before any cluster starts."""
+
+    out: Path
+    job: RunJob  # its writer is bound when the store exists
+    wells: tuple[int, ...]  # the wells to compute (indices), in order
+    skipped: tuple[str, ...]  # done wells a resume skips
+    statuses: np.ndarray | None  # of the store to resume; None: create it
+    replace: bool  # remove an existing (ours) OUT when creating the store
+    resume: bool  # a store another run creates meanwhile is resumed, not refused
+    gpu: bool
+    attrs: dict[str, Any]
+    model_info: dict[str, Any]
+
+    @property
+    def layout(self) -> PlateLayout:
+        return self.job.layout
+
+
+def _check_model(model_path: str, optics: Optics) -> dict[str, Any]:
+    from ..unet import load_model
+
+    model = load_model(model_path)  # refuses models whose input/output do not fit
+    model.check_optics(optics)
+    return model.info.to_dict()
+
+
+def _check_size(layout: PlateLayout) -> None:
+    ny, nx = layout.shape
+    if min(ny, nx) < MIN_IMAGE_SIZE:
+        raise PlateLayoutError(
+            f"the images of {layout.path!r} are {ny} x {nx} px; plate-refocus run needs at least "
+            f"{MIN_IMAGE_SIZE} x {MIN_IMAGE_SIZE} px (the {PSF_SIZE} x {PSF_SIZE} PSF and the SSIM "
+            "window must fit): acquire or ingest larger fields"
+        )
+
+
+def _run_attrs(job: RunJob, info: dict[str, Any], command_line: str | None,
+               settings: dict[str, Any], gpu: bool) -> dict[str, Any]:
+    return {
+        "format": RESULTS_FORMAT,
+        "title": "plate_refocus results",
+        "source_plate": str(Path(job.layout.path).resolve()),
+        "channel": job.layout.channels[job.channel],
+        "optics": json.dumps(job.settings.optics.to_dict()),
+        "reference": job.settings.reference,
+        "method": "unet",
+        "psf_estimate": "K_z / K_0 (relative to the in-focus image) inside the passband",
+        # "auto": CuPy on the workers that saw a GPU, NumPy elsewhere (same numbers to 1e-5)
+        "fft_backend": job.settings.backend,
+        "gpu_tasks": int(gpu),
+        "model_path": job.model_path,
+        "model_name": str(info.get("name", Path(job.model_path).stem)),
+        "model_sha256": str(info.get("sha256", "")),
+        "plate_rows": list(job.layout.plate_rows),
+        "plate_columns": list(job.layout.plate_columns),
+        "plate_refocus_version": __version__,
+        "run_settings": json.dumps(settings),
+        "command_line": command_line or " ".join(sys.argv),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def plan_run(
+    plate: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    channel: str | int | None = None,
+    reference: str = "refocused",
+    resume: bool = False,
+    overwrite: bool = False,
+    wells: Sequence[str] | None = None,
+    gpu: bool = False,
+    backend: str | None = None,
+    z_step_um: float | None = None,
+    dtype: str = "uint16",
+    command_line: str | None = None,
+) -> RunPlan:
+    """Check a run completely, without starting or writing anything.
+
+    The plate (metadata, sizes, z positions), the channel and reference, the
+    output (not inside the input, writable, not an existing store unless
+    ``resume``/``overwrite`` allow it, and for ``resume`` the same settings),
+    and the model (loads, fits the data, optics). Every problem is a
+    :class:`~plate_refocus.errors.PlateRefocusError` whose message says what
+    to do. Parameters as in :func:`run_plate`.
+    """
+    from ..optics import radial_frequencies
+    from ..outputs import prepare_output
+    from ..unet import default_model_path
+
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES!r}, got {reference!r}")
+    if resume and overwrite:
+        raise ValueError("pass resume=True or overwrite=True, not both")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES!r}, got {dtype!r}")
+    out = prepare_output(out, kind="results", inputs=(plate,), overwrite=overwrite, resume=resume,
+                         remove=False)
+    layout = read_layout(plate, z_step_um=z_step_um)
+    ci = layout.channel_index(channel)
+    _check_size(layout)
+    if reference == "focal-plane" and layout.focal_plane is None:
+        raise PlateLayoutError(
+            "reference='focal-plane' needs the plate's in-focus plane index, which this plate "
+            "does not record; use the default reference 'refocused', or ingest with --focal-plane"
+        )
+    names = list(layout.wells)
+    if wells is not None:
+        unknown = sorted(set(wells) - set(names))
+        if unknown:
+            raise PlateLayoutError(f"wells {unknown!r} are not in the plate; it has {names!r}")
+    model_path = str(Path(model) if model is not None else default_model_path())
+    # Loaded here: a missing, corrupt or ill-fitting model fails before any worker starts,
+    # and a model trained for other optics warns with both sets of numbers.
+    info = _check_model(model_path, layout.optics)
+    if backend is None:
+        backend = "auto" if gpu else "numpy"
+    settings = DepthSettings(optics=layout.optics, reference=reference, background=layout.offset,
+                             data_range=layout.data_range, backend=backend)
+    job = RunJob(layout=layout, channel=ci, writer=ResultsWriter(str(out), ""),
+               model_path=model_path, model_sha256=str(info.get("sha256", "")),
+               settings=settings,
+               freq_size=int(radial_frequencies(layout.shape, layout.optics.pixel_size_um).size))
+    run_settings = settings_for_resume(
+        source_plate=str(Path(layout.path).resolve()), channel=layout.channels[ci],
+        method="unet", reference=reference, model_sha256=job.model_sha256,
+        optics=layout.optics.to_dict(), wells=names, fields=layout.n_fields,
+        z_um=list(layout.z_um), shape=list(layout.shape), dtype=dtype)
+    statuses = check_resume(out, run_settings) if resume else None
+    # Replace OUT only when asked (--overwrite) or when resuming a store of ours whose layout was
+    # never completed; never a store another run creates meanwhile.
+    replace = overwrite or (resume and statuses is None and out.exists())
+    attrs = _run_attrs(job, info, command_line, run_settings, gpu)
+    attrs.update(refocused_plate=REFOCUSED_PLATE, refocused_dtype=dtype)
+    return with_statuses(RunPlan(
+        out=out, job=job, wells=(), skipped=(), statuses=None, replace=replace, resume=resume,
+        gpu=gpu, attrs=attrs, model_info=info,
+    ), statuses, wells)
+
+
+def with_statuses(plan: RunPlan, statuses: np.ndarray | None,
+                   wells: Sequence[str] | None = None) -> RunPlan:
+    """The plan's wells to compute: those not done (within ``wells``, if given)."""
+    names = list(plan.layout.wells)
+    done = statuses == WELL_DONE if statuses is not None else np.zeros(len(names), dtype=bool)
+    todo = tuple(i for i, name in enumerate(names)
+                 if not done[i] and (wells is None or name in wells))
+    return dataclasses.replace(
+        plan, wells=todo, skipped=tuple(n for n, d in zip(names, done, strict=True) if d),
+        statuses=statuses)
+
+
+def plate_graph_size(plan: RunPlan) -> tuple[int, int, int]:
+    """Pickled bytes (all wells, largest well) and task count of a run's graphs.
+
+    Built without computing anything: each well's graph is optimised as it is
+    when submitted and pickled with cloudpickle, as the client does.
+    """
+    import cloudpickle
+
+    total_bytes = largest = total_tasks = 0
+    for well in range(plan.layout.n_wells):
+        (optimized,) = dask.optimize(well_graph(plan, well))
+        graph = dict(optimized.__dask_graph__())
+        size = len(cloudpickle.dumps(graph))
+        total_bytes += size
+        largest = max(largest, size)
+        total_tasks += len(graph)
+    return total_bytes, largest, total_tasks
