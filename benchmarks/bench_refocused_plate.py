@@ -13,7 +13,7 @@ Two tables, printed as Markdown:
 
    - before: today's results store variable ``refocused``, float32, one chunk file per plane,
      no pyramid (Blosc-zstd(1) + shuffle, as ``create_results_store`` writes it);
-   - after: :mod:`plate_refocus.refocused_plate`, uint16 and float32, with the pyramid
+   - after: :mod:`plate_refocus.plate`, uint16 and float32, with the pyramid
      (``--min-size``), layout "plane" written plane by plane as a run's (well, depth) tasks
      do plus ``write_pyramid`` per well, and layout "field" written a field at a time, or
      plane by plane under a lock (each plane rewrites the field's shard).
@@ -71,7 +71,7 @@ def refocused_fields(size: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def dtype_table(inputs, refocused, truth, camera_max) -> str:
     from plate_refocus.metrics import psnr
-    from plate_refocus.refocused_plate import MISSING_UINT16, decode, encode
+    from plate_refocus.plate import MISSING_UINT16, decode, encode
 
     values = refocused.astype(np.float64)
     back = decode(encode(refocused, "uint16")).astype(np.float64)
@@ -135,8 +135,7 @@ def write_before(path: Path, planes, n_wells, n_fields) -> None:
 
 def _create(path, n_wells, n_fields, n_z, size, dtype, layout, min_size):
     from plate_refocus.optics import Optics
-    from plate_refocus.plate import well_name
-    from plate_refocus.refocused_plate import create_refocused_plate
+    from plate_refocus.plate import create_refocused_plate, well_name
 
     wells = [well_name(w // 12, w % 12 + 1) for w in range(n_wells)]
     return create_refocused_plate(
@@ -147,7 +146,7 @@ def _create(path, n_wells, n_fields, n_z, size, dtype, layout, min_size):
 
 
 def write_after(plate, planes, pattern: str) -> None:
-    from plate_refocus.refocused_plate import write_field, write_pyramid
+    from plate_refocus.plate import write_field, write_pyramid
 
     n_wells, n_fields, n_z = len(plate.wells), plate.n_fields, plate.n_z
     for w in range(n_wells):
@@ -165,7 +164,7 @@ def write_after(plate, planes, pattern: str) -> None:
 
 def race_check(root: Path, planes, size, min_size) -> str:
     """Layout "field", 5 threads each writing one depth of the same field at once, no lock."""
-    from plate_refocus.refocused_plate import open_refocused, write_field
+    from plate_refocus.plate import open_refocused, write_field
 
     lost = trials = 0
     for trial in range(20):
@@ -205,7 +204,7 @@ def main() -> None:
     planes = refocused.reshape(-1, len(DEPTHS), args.size, args.size)  # (fields x channels, Z, Y, X)
     n_planes = args.wells * args.fields * len(DEPTHS)
     mb = n_planes * args.size * args.size * 4 / 1e6
-    from plate_refocus.refocused_plate import level_shapes
+    from plate_refocus.plate import level_shapes
 
     n_levels = len(level_shapes((args.size, args.size), args.min_size))
     configs = [

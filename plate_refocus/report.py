@@ -358,7 +358,7 @@ def _pick_planes(fields: Any) -> dict[str, Any]:
 
 
 def _small(image: np.ndarray) -> np.ndarray:
-    from .refocused_plate import downsample_2x
+    from .plate import downsample_2x
 
     image = np.asarray(image, dtype=np.float32)
     while max(image.shape) > MONTAGE_SIZE:
@@ -390,7 +390,7 @@ def _plane_readers(ds: xr.Dataset):
     if "refocused" in ds:
         refocused = ds["refocused"]
     elif ds.attrs.get("refocused_plate"):
-        from .refocused_plate import open_refocused
+        from .plate import open_refocused
 
         refocused = open_refocused(str(ds.attrs["refocused_plate"]))
     else:

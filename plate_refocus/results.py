@@ -104,7 +104,7 @@ class Variable:
 _QUALITY = ("well", "field", "z", "stage")
 
 #: The refocused images live in an OME-Zarr HCS plate inside the store, at this path
-#: (:mod:`plate_refocus.refocused_plate`); :func:`open_results` shows them as ``refocused``.
+#: (:mod:`plate_refocus.plate`); :func:`open_results` shows them as ``refocused``.
 REFOCUSED_PLATE = "refocused"
 
 SCHEMA: dict[str, Variable] = {
@@ -330,7 +330,7 @@ class ResultsWriter:
 
     @classmethod
     def open(cls, out: str | os.PathLike) -> ResultsWriter:
-        from .refocused_plate import refocused_plate
+        from .plate import refocused_plate
 
         attrs = _read_attrs(Path(out))
         plate = Path(out) / REFOCUSED_PLATE
@@ -343,13 +343,13 @@ class ResultsWriter:
 
     def write_refocused(self, well: int, field: int, z: int, image: np.ndarray) -> None:
         """One refocused plane, into level 0 of the refocused plate (one file per plane)."""
-        from .refocused_plate import write_field
+        from .plate import write_field
 
         write_field(self.refocused, well, field, image, z=z)
 
     def finish_well(self, well: int) -> None:
         """Build the well's pyramid levels from its refocused planes."""
-        from .refocused_plate import write_pyramid
+        from .plate import write_pyramid
 
         write_pyramid(self.refocused, well)
 
@@ -402,7 +402,7 @@ def open_results(path: str | os.PathLike, **open_kwargs: Any):
         raise NotAPlateError(f"{str(path)!r} cannot be opened as a results store: {error}") from error
     plate = path / REFOCUSED_PLATE
     if plate.exists():
-        from .refocused_plate import open_refocused
+        from .plate import open_refocused
 
         refocused = open_refocused(plate)  # dask-backed whatever `chunks`: one chunk per plane
         ds["refocused"] = refocused.drop_vars([c for c in refocused.coords if c not in refocused.dims])

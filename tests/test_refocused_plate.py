@@ -12,7 +12,7 @@ import zarr
 
 from plate_refocus.errors import NotAPlateError, OutputExistsError
 from plate_refocus.optics import Optics
-from plate_refocus.refocused_plate import (
+from plate_refocus.plate import (
     MISSING_UINT16,
     create_refocused_plate,
     decode,

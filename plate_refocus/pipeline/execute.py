@@ -124,7 +124,7 @@ def execute_run(
 
 def _create_refocused(plan: RunPlan, path: Path) -> Any:
     """The run's refocused plate (empty), at ``path`` inside the store being created."""
-    from ..refocused_plate import create_refocused_plate
+    from ..plate import create_refocused_plate
 
     layout = plan.layout
     return create_refocused_plate(

@@ -25,7 +25,9 @@ anything passed as ``extra_attrs``.
 
 Modules: :mod:`.names` (plate formats and well names), :mod:`.ngff` (store
 conventions), :mod:`.write` (writing), :mod:`.read` (:class:`PlateLayout`,
-:func:`open_plate`, :func:`read_plane`), :mod:`.info` (summaries).
+:func:`open_plate`, :func:`read_plane`), :mod:`.info` (summaries),
+:mod:`.refocused` and :mod:`.refocused_write` (a run's refocused plate:
+pyramids, uint16 or float32, shards; read back lazily by :func:`open_refocused`).
 """
 
 from __future__ import annotations
@@ -54,9 +56,31 @@ from .read import (
     truth_plane,
     warn_assumed_optics,
 )
+from .refocused import (
+    MISSING_UINT16,
+    RefocusedPlate,
+    decode,
+    downsample_2x,
+    encode,
+    level_shapes,
+    open_refocused,
+    refocused_plate,
+)
+from .refocused_write import create_refocused_plate, write_field, write_pyramid
 from .write import PlateTargets, create_plate, write_plate
 
 __all__ = [
+    "MISSING_UINT16",
+    "RefocusedPlate",
+    "create_refocused_plate",
+    "decode",
+    "downsample_2x",
+    "encode",
+    "level_shapes",
+    "open_refocused",
+    "refocused_plate",
+    "write_field",
+    "write_pyramid",
     "ATTRS_KEY",
     "GROUND_TRUTH",
     "PLATE_FORMATS",
