@@ -46,6 +46,8 @@ __all__ = [
     "FieldSpectra",
     "PSFEstimate",
     "field_spectra",
+    "windowed_spectrum",
+    "window_weights",
     "radial_frequencies",
     "isotropic_operator",
     "project_isotropic",
@@ -487,6 +489,74 @@ def field_spectra(
     return FieldSpectra(
         to_numpy(numerator), to_numpy(denominator), count, None if terms is None else to_numpy(terms)
     )
+
+
+def window_weights(shape: tuple[int, int], *, edges: str = "taper", taper: float = 0.5) -> np.ndarray:
+    """The window ``w`` that :func:`field_spectra` and :func:`windowed_spectrum` apply.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image shape ``(Y, X)``.
+    edges, taper
+        As in :func:`field_spectra`; ``"periodic"`` and ``"none"`` apply no window (ones).
+
+    Returns
+    -------
+    w : (Y, X) ndarray of float64
+        Read-only. ``sum(w**2)`` normalises a windowed periodogram so that white
+        noise of variance ``s**2`` per pixel has power ``s**2`` at every frequency.
+    """
+    shape = _check_shape(shape)
+    if edges not in _EDGES:
+        raise ValueError(f"edges must be one of {_EDGES!r}, got {edges!r}")
+    if isinstance(taper, bool) or not isinstance(taper, (int, float)) or not 0 <= taper <= 0.5:
+        raise ValueError(f"taper must be a fraction between 0 and 0.5, got {taper!r}")
+    if edges != "taper":
+        ones = np.ones(shape)
+        ones.flags.writeable = False
+        return ones
+    return _tukey(shape, float(taper), "numpy")
+
+
+def windowed_spectrum(
+    image: Any,
+    *,
+    background: float | np.ndarray = 0.0,
+    edges: str = "taper",
+    taper: float = 0.5,
+    backend: str = "auto",
+    workers: int | None = None,
+) -> Any:
+    """``rfft2`` of one image (or a stack) treated exactly as :func:`field_spectra` treats it.
+
+    The background is subtracted, the borders are treated (`edges`, `taper`)
+    and, with the taper, the image's own window-weighted mean is removed at
+    every frequency but zero. This is the transform a blind, reference-free
+    estimate reads (:mod:`plate_refocus.focus`), with the conventions of the
+    pooled PSF estimate, so both can come from one FFT per plane.
+
+    Parameters
+    ----------
+    image : (Y, X) or (F, Y, X) array_like of real
+    background : float or array broadcastable to the images
+        Known additive background (the camera offset in ADU).
+    edges, taper, backend, workers
+        As in :func:`field_spectra`.
+
+    Returns
+    -------
+    spectrum : (Y, X // 2 + 1) or (F, Y, X // 2 + 1) array of complex128
+        On the backend's device (a CuPy array with ``backend="cupy"``).
+    """
+    image = _as_stack("image", image)
+    if edges not in _EDGES:
+        raise ValueError(f"edges must be one of {_EDGES!r}, got {edges!r}")
+    if isinstance(taper, bool) or not isinstance(taper, (int, float)) or not 0 <= taper <= 0.5:
+        raise ValueError(f"taper must be a fraction between 0 and 0.5, got {taper!r}")
+    xp, fft = get_xp(backend, workers=workers)
+    spectrum, _, _ = _spectrum(image, _background("background", background, xp), xp, fft, edges, float(taper))
+    return spectrum
 
 
 # --------------------------------------------------------------------------- isotropic projection
