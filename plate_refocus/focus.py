@@ -55,6 +55,7 @@ __all__ = [
     "fit_object_spectrum",
     "focus_measure",
     "find_focus",
+    "ring_dof",
 ]
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,17 @@ def _rings(shape: tuple[int, int], pixel_size_um: float) -> tuple[np.ndarray, np
     return index, mult, weight, dof
 
 
+def ring_dof(spectra: PowerSpectra) -> np.ndarray:
+    """Independent frequencies behind each pooled ring value, ``nu``: its variance is ``mean**2 / nu``.
+
+    The number of independent complex frequencies in the ring times the
+    fields, over :data:`HANN_INFLATION` for the Hann window.
+    """
+    _, _, _, dof = _rings(spectra.shape, spectra.pixel_size_um)
+    inflation = HANN_INFLATION if spectra.window.startswith("taper") else 1.0
+    return dof * spectra.count / inflation
+
+
 def radial_power(
     spectrum: Any,
     shape: tuple[int, int],
@@ -269,6 +281,38 @@ def _module_of(array: Any) -> Any:
     if type(array).__module__.startswith("cupy"):
         return get_xp("cupy")[0]
     return np
+
+
+@dataclass(frozen=True)
+class ObjectSpectrum:
+    """A fitted object power spectrum and noise floor, ``P(f) = S(f) |K(f)|^2 + N``.
+
+    ``S(f) = amplitude * exp(-exponent log max(f, f_min) - rolloff (f / cutoff)**2)``,
+    in the units of :class:`PowerSpectra` (per-pixel variance), so ``N / S`` is
+    the noise-to-signal ratio a Wiener filter needs at each frequency.
+
+    Attributes
+    ----------
+    amplitude, exponent, rolloff : float
+    cutoff : float
+        The incoherent cutoff the roll-off is scaled by (cycles/um).
+    f_min : float
+        Below it ``S`` is held constant (the ring spacing, cycles/um).
+    noise : float
+        Flat noise floor, per-pixel variance in image units squared.
+    """
+
+    amplitude: float
+    exponent: float
+    rolloff: float
+    cutoff: float
+    f_min: float
+    noise: float
+
+    def signal(self, freq: np.ndarray) -> np.ndarray:
+        """``S(f)`` at radial frequencies `freq` (cycles/um), same shape."""
+        f = np.maximum(np.asarray(freq, dtype=np.float64), self.f_min)
+        return self.amplitude * np.exp(-self.exponent * np.log(f) - self.rolloff * (f / self.cutoff) ** 2)
 
 
 # --------------------------------------------------------------------------- the model
@@ -467,11 +511,9 @@ class BlindDefocus:
         whose scaled deviance is within ``chi2_1(confidence) / 2`` (a profile
         with two minima gives one wide interval, not a confident wrong value).
     confidence : float
-    exponent, rolloff, amplitude : float
-        The object spectrum ``amplitude f**-exponent exp(-rolloff (f / cutoff)**2)``
-        (f in cycles/um; amplitude up to the model's internal scaling).
-    noise : float
-        The flat noise floor: per-pixel noise variance, in image units squared.
+    spectrum : ObjectSpectrum
+        The fitted object spectrum and noise floor at ``defocus_um`` (what a
+        Wiener filter at that depth needs).
     dispersion : float
         Long-run variance of the standardised residuals (1 when the model
         explains the rings to their noise); the deviance is divided by
@@ -491,10 +533,7 @@ class BlindDefocus:
     defocus_err_um: float
     interval_um: tuple[float, float]
     confidence: float
-    exponent: float
-    rolloff: float
-    amplitude: float
-    noise: float
+    spectrum: ObjectSpectrum
     dispersion: float
     count: int
     freq: np.ndarray = field(repr=False)
@@ -710,8 +749,9 @@ def blind_defocus(
     if 0 < j < fine.size - 1:
         z_hat = float(_vertex(fine, profile_fine[None, :], np.array([j]))[0])
     shape_hat = shape_fine[j]
-    best_nll, amplitude, noise, model = _best_model(
+    best_nll, spectrum, model = _best_model(
         axis, operator_band, problem.k2_fine[window[j]], shape_hat, power, dof, optics.cutoff, full=True)
+    noise = spectrum.noise
     best_nll = min(best_nll, float(profile_fine.min()))
     step = float(zs[1] - zs[0]) if zs.size > 1 else 1.0
 
@@ -728,7 +768,7 @@ def blind_defocus(
     lo, hi = max(0.0, min(lo, z_hat - 0.5 * step)), max(hi, z_hat + 0.5 * step)
     # identifiability: while |K_z|^2 falls monotonically where the signal stands above the
     # noise, a smooth object spectrum can mimic it, so the data cannot tell |z| from shape
-    visible = _visible_band(axis, shape_hat, amplitude, noise, k2[0], optics.cutoff)
+    visible = _visible_band(axis, spectrum, k2[0])
     notched = zs[_notch_contrast(k2, axis < visible) >= NOTCH_CONTRAST]
     horizon = float(notched[0]) if notched.size else float(max_defocus_um)
     if z_hat < horizon:
@@ -742,8 +782,7 @@ def blind_defocus(
         arr.flags.writeable = False
     return BlindDefocus(
         defocus_um=float(z_hat), defocus_err_um=float(err), interval_um=(float(lo), float(hi)),
-        confidence=confidence, exponent=float(shape_hat[0]), rolloff=float(shape_hat[1]),
-        amplitude=amplitude, noise=noise, dispersion=float(dispersion), count=spectra.count,
+        confidence=confidence, spectrum=spectrum, dispersion=float(dispersion), count=spectra.count,
         freq=spectra.freq, power=power_all, model=full_model, band=band, z_grid=z_all, profile=deviance,
     )
 
@@ -795,14 +834,17 @@ def _profile(axis, operator_band, k2, shapes, power, dof, cutoff):
 
 
 def _best_model(axis, operator_band, k2_row, shape, power, dof, cutoff, full: bool = False):
-    """The fitted ring model at one ``|z|`` and shape: ``(model, noise)``, or ``(nll, a, N, model)`` with `full`."""
+    """The fitted ring model at one ``|z|`` and shape: ``(model, noise)``, or ``(nll, spectrum, model)`` with `full`."""
     f = np.maximum(axis, axis[1])
     law = np.exp(-shape[0] * np.log(f) - max(shape[1], 0.0) * (f / cutoff) ** 2)
-    law /= law.max()
+    peak = law.max()
+    law /= peak
     design, scale = _design(operator_band, law[None, :], np.atleast_2d(k2_row)[:1])
     nll, a, n, model = _fit_linear(design, power, dof)
     if full:
-        return float(nll.ravel()[0]), float(a.ravel()[0] / scale.ravel()[0]), float(n.ravel()[0]), model.reshape(-1)
+        spectrum = ObjectSpectrum(float(a.ravel()[0] / scale.ravel()[0] / peak), float(shape[0]),
+                                  float(max(shape[1], 0.0)), float(cutoff), float(axis[1]), float(n.ravel()[0]))
+        return float(nll.ravel()[0]), spectrum, model.reshape(-1)
     return model.reshape(-1), float(n.ravel()[0])
 
 
@@ -815,12 +857,9 @@ def _notch_contrast(k2: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return ratio.max(axis=1)
 
 
-def _visible_band(axis, shape, amplitude, noise, k2_focus, cutoff) -> float:
+def _visible_band(axis: np.ndarray, spectrum: ObjectSpectrum, k2_focus: np.ndarray) -> float:
     """Highest frequency where the in-focus signal of the fitted object would exceed the noise floor."""
-    f = np.maximum(axis, axis[1])
-    law = np.exp(-shape[0] * np.log(f) - max(shape[1], 0.0) * (f / cutoff) ** 2)
-    signal = amplitude * law / law.max() * k2_focus  # as _best_model scales it
-    above = np.flatnonzero((signal > noise) & (axis > 0))
+    above = np.flatnonzero((spectrum.signal(axis) * k2_focus > spectrum.noise) & (axis > 0))
     return float(axis[above[-1]]) if above.size else 0.0
 
 
@@ -845,3 +884,220 @@ def _interval(z: np.ndarray, deviance: np.ndarray, threshold: float, z_hat: floa
         d0, d1 = deviance[j], deviance[j + 1]
         hi = float(z[j] + (z[j + 1] - z[j]) * (threshold - d0) / max(d1 - d0, 1e-12))
     return min(lo, z_hat), max(hi, z_hat)
+
+
+# --------------------------------------------------------------------------- object spectrum at a known OTF
+
+
+def fit_object_spectrum(
+    spectra: PowerSpectra,
+    optics: Optics,
+    *,
+    defocus_um: float | None = None,
+    otf: tuple[np.ndarray, np.ndarray] | None = None,
+    aliasing: Aliasing = "fold",
+    min_freq: float | None = None,
+) -> ObjectSpectrum:
+    """Object spectrum and noise floor of planes whose OTF is known (the Wiener filter's balance).
+
+    Parameters
+    ----------
+    spectra : PowerSpectra
+        Ring power of the plane(s) to restore.
+    optics : Optics
+    defocus_um : float, optional
+        The model OTF ``K_z`` at this ``|z|``; or
+    otf : (freq, profile), optional
+        A measured isotropic OTF (e.g. ``PSFEstimate.freq, .otf_radial``),
+        zero beyond its last sample.
+    aliasing, min_freq
+        As in :func:`blind_defocus`.
+
+    Returns
+    -------
+    ObjectSpectrum
+        ``amplitude``, ``exponent`` and ``rolloff`` fitted on the grids of
+        :func:`blind_defocus` then refined, with the noise floor.
+    """
+    if not isinstance(spectra, PowerSpectra):
+        raise TypeError(f"spectra must be a PowerSpectra (from power_spectrum), got {type(spectra).__name__}")
+    if (defocus_um is None) == (otf is None):
+        raise ValueError("fit_object_spectrum needs exactly one of defocus_um=... or otf=(freq, profile)")
+    if not math.isclose(optics.pixel_size_um, spectra.pixel_size_um, rel_tol=1e-9):
+        import dataclasses
+
+        optics = dataclasses.replace(optics, pixel_size_um=spectra.pixel_size_um)
+    band = _fit_band(spectra, optics, aliasing, min_freq)
+    axis, operator = _ring_operator(spectra.shape, spectra.pixel_size_um, optics.cutoff, aliasing == "fold",
+                                    spectra.window)
+    operator_band = scipy.sparse.csr_matrix(operator[band])
+    if otf is not None:
+        freq, profile = (np.asarray(a, dtype=np.float64) for a in otf)
+        if freq.ndim != 1 or freq.shape != profile.shape:
+            raise ValueError(f"otf must be (freq, profile) of one length, got shapes {freq.shape!r}, {profile.shape!r}")
+        k2 = np.interp(axis, freq, profile, right=0.0)[None, :] ** 2
+    else:
+        k2 = np.atleast_2d(model_radial_otf(axis, abs(float(defocus_um)), optics)) ** 2
+    _, _, _, ring_dof = _rings(spectra.shape, spectra.pixel_size_um)
+    inflation = HANN_INFLATION if spectra.window.startswith("taper") else 1.0
+    power, dof = spectra.mean[band], ring_dof[band] * spectra.count / inflation
+    if not np.all(power > 0):
+        raise ValueError("the pooled power is zero in some rings: are the images constant?")
+    grid = np.stack(np.meshgrid(BETA_GRID, GAMMA_GRID, indexing="ij"), axis=-1).reshape(1, -1, 2)
+    _, shape = _profile(axis, operator_band, k2, grid, power, dof, optics.cutoff)
+    for width in (0.5, 0.25, 0.125, 0.0625):
+        _, shape = _profile(axis, operator_band, k2, shape[:, None, :] + _local_offsets(width)[None],
+                            power, dof, optics.cutoff)
+    _, spectrum, _ = _best_model(axis, operator_band, k2[0], shape[0], power, dof, optics.cutoff, full=True)
+    return spectrum
+
+
+# --------------------------------------------------------------------------- the in-focus plane of a stack
+
+
+@dataclass(frozen=True)
+class FocusPlane:
+    """The plane of a stack found in focus, and how sure that is.
+
+    Attributes
+    ----------
+    index : int
+        Plane index in the stack.
+    z_um : float
+        Its position (the stack's coordinate).
+    measure : (Z,) ndarray of float64
+        :func:`focus_measure` of every plane.
+    prominence : float
+        ``(measure[index] - min(measure)) / measure[index]``: 0 for a flat
+        curve, near 1 for a sharp peak (NaN for a single plane).
+    focus_um : float
+        Where the focus lies between the planes, from the planes' blind
+        ``|z|`` (NaN without them or with fewer than two informative planes).
+    focus_err_um : float
+        Its standard error.
+    """
+
+    index: int
+    z_um: float
+    measure: np.ndarray = field(repr=False)
+    prominence: float
+    focus_um: float = math.nan
+    focus_err_um: float = math.nan
+
+
+#: A focus curve whose peak stands less than this (relative) above its minimum is not convincing.
+MIN_PROMINENCE = 0.25
+
+
+def focus_measure(spectra: PowerSpectra, optics: Optics) -> float:
+    """A focus measure from ring power: the share of the signal power at mid frequencies.
+
+    ``sum (P - N)+`` over ``0.25 - 0.75 x cutoff`` divided by the same over
+    ``f_min - 0.75 x cutoff``, with ``N`` the median power beyond the cutoff
+    (or of the outermost rings when the camera undersamples the optics).
+    Independent of intensity scale and offset; defocus removes mid
+    frequencies first, so it peaks at focus.
+    """
+    if not isinstance(spectra, PowerSpectra):
+        raise TypeError(f"spectra must be a PowerSpectra (from power_spectrum), got {type(spectra).__name__}")
+    freq, power = spectra.freq, spectra.mean
+    _, _, weight, _ = _rings(spectra.shape, spectra.pixel_size_um)
+    beyond = (freq > optics.cutoff) & (weight > 0)
+    if beyond.sum() < 3:
+        beyond = freq >= freq[weight > 0][-max(3, freq.size // 20)]
+    noise = float(np.median(power[beyond]))
+    signal = np.clip(power - noise, 0.0, None) * weight
+    low = freq >= MIN_RING * freq[1]
+    top = freq <= 0.75 * optics.cutoff
+    total = float(signal[low & top].sum())
+    if total <= 0:
+        return 0.0
+    return float(signal[(freq >= 0.25 * optics.cutoff) & top].sum()) / total
+
+
+def find_focus(
+    z_um: Any,
+    spectra: Any,
+    optics: Optics,
+    *,
+    blind: Any = None,
+    min_prominence: float = MIN_PROMINENCE,
+) -> FocusPlane | None:
+    """The in-focus plane of a stack, or ``None`` when no plane is convincingly in focus.
+
+    Parameters
+    ----------
+    z_um : (Z,) array_like of float
+        Plane positions (um), in stack order.
+    spectra : sequence of PowerSpectra
+        Pooled ring power of each plane (over the well's fields).
+    optics : Optics
+    blind : sequence of BlindDefocus, optional
+        :func:`blind_defocus` of each plane. With them the chosen plane must
+        also be plausibly at ``|z| = 0`` (its interval starts at 0), and where
+        two or more planes are far enough from focus to be identifiable, the
+        focus position is fitted from their ``|z|`` (``|z_i - z_f| = z_hat_i``),
+        and must lie within half a plane spacing (or two standard errors) of
+        the chosen plane.
+    min_prominence : float
+        Least relative prominence of the focus curve's peak.
+
+    Returns
+    -------
+    FocusPlane or None
+        ``None`` when the curve is flat, peaks at the end of the stack without
+        the blind estimate confirming focus there, the blind estimate puts the
+        plane away from focus, or the fitted focus lies nearer another plane.
+        A single plane is returned only when its blind interval reaches 0.
+    """
+    z = np.asarray(z_um, dtype=np.float64).ravel()
+    spectra = list(spectra)
+    if len(spectra) != z.size or z.size == 0:
+        raise ValueError(f"find_focus needs one PowerSpectra per plane: {z.size} positions, {len(spectra)} spectra")
+    if blind is not None:
+        blind = list(blind)
+        if len(blind) != z.size:
+            raise ValueError(f"blind needs one BlindDefocus per plane: {z.size} positions, {len(blind)} estimates")
+    measure = np.array([focus_measure(s, optics) for s in spectra])
+    best = int(np.argmax(measure))
+
+    def near_focus(i: int) -> bool:
+        return blind is None or blind[i].interval_um[0] <= 0.0
+
+    if z.size == 1:
+        if blind is None or not near_focus(0):
+            return None
+        return FocusPlane(0, float(z[0]), measure, math.nan)
+    prominence = float((measure[best] - measure.min()) / measure[best]) if measure[best] > 0 else 0.0
+    if prominence < min_prominence or not near_focus(best):
+        return None
+    at_end = best in (0, z.size - 1)
+    if at_end and blind is None:
+        return None  # the focus may lie beyond the stack
+    focus = err = math.nan
+    if blind is not None:
+        focus, err = _fit_focus(z, blind)
+        spacing = float(np.median(np.abs(np.diff(z))))
+        if math.isfinite(focus) and abs(z[best] - focus) > max(0.5 * spacing, 2.0 * err):
+            return None
+    return FocusPlane(best, float(z[best]), measure, prominence, focus, err)
+
+
+def _fit_focus(z: np.ndarray, blind: list[BlindDefocus]) -> tuple[float, float]:
+    """Least squares ``|z_i - z_f| = z_hat_i`` over planes whose interval does not reach 0."""
+    keep = [i for i, b in enumerate(blind) if b.interval_um[0] > 0 and math.isfinite(b.defocus_err_um)]
+    if len(keep) < 2:
+        return math.nan, math.nan
+    zi = z[keep]
+    d = np.array([blind[i].defocus_um for i in keep])
+    s = np.array([max(blind[i].defocus_err_um, 1e-3) for i in keep])
+    span = float(d.max())
+    grid = np.linspace(zi.min() - span, zi.max() + span, 4001)
+    cost = (((np.abs(zi[None, :] - grid[:, None]) - d[None, :]) / s[None, :]) ** 2).sum(axis=1)
+    j = int(np.argmin(cost))
+    # standard error from the curvature of the cost at its minimum
+    h = grid[1] - grid[0]
+    lo, hi = max(j - 1, 0), min(j + 1, grid.size - 1)
+    curvature = (cost[hi] - 2 * cost[j] + cost[lo]) / (h * h) if hi > lo + 1 else 0.0
+    err = math.sqrt(2.0 / curvature) if curvature > 0 else math.inf
+    return float(grid[j]), err
