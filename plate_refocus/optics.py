@@ -34,6 +34,7 @@ __all__ = [
     "defocus_otf",
     "defocus_psf",
     "radial_otf",
+    "spherical_phase",
 ]
 
 
@@ -155,15 +156,28 @@ def frequency_grid(
     return _frequency_grid(_check_shape(tuple(shape)), float(pixel_size_um), bool(real))
 
 
+def spherical_phase(rho: np.ndarray, optics: Optics, rms_waves: float) -> np.ndarray:
+    """Pupil phase (radians) of primary spherical aberration, Zernike ``Z(4, 0)`` of `rms_waves` rms.
+
+    ``2 pi w sqrt(5) (6 r^4 - 6 r^2 + 1)`` with ``r = |nu| / (NA / lambda)`` (Noll
+    normalisation: unit rms over the pupil), at radial frequencies `rho`.
+    """
+    r2 = (np.asarray(rho) / (optics.na / optics.wavelength_um)) ** 2
+    return 2 * np.pi * float(rms_waves) * math.sqrt(5.0) * (6 * r2 * r2 - 6 * r2 + 1)
+
+
 @lru_cache(maxsize=256)
-def _psf_unshifted(shape: tuple[int, int], z_um: float, optics: Optics) -> np.ndarray:
+def _psf_unshifted(shape: tuple[int, int], z_um: float, optics: Optics, spherical: float = 0.0) -> np.ndarray:
     fy, fx, rho = _frequency_grid(shape, optics.pixel_size_um, False)
     k = optics.immersion_index / optics.wavelength_um
     pupil = rho <= optics.na / optics.wavelength_um
     # Angular spectrum phase relative to the on-axis wave: the constant term only
     # shifts the phase of the whole field and leaves the intensity unchanged.
     kz = np.sqrt(np.maximum(k**2 - rho**2, 0.0)) - k
-    field = np.where(pupil, np.exp(2j * np.pi * z_um * kz), 0.0)
+    phase = 2 * np.pi * z_um * kz
+    if spherical:
+        phase = phase + spherical_phase(rho, optics, spherical)
+    field = np.where(pupil, np.exp(1j * phase), 0.0)
     amplitude = np.fft.ifft2(field)
     intensity = amplitude.real**2 + amplitude.imag**2
     intensity /= intensity.sum()
@@ -171,7 +185,14 @@ def _psf_unshifted(shape: tuple[int, int], z_um: float, optics: Optics) -> np.nd
     return intensity
 
 
-def defocus_psf(shape: tuple[int, int], z_um: float, optics: Optics = Optics()) -> np.ndarray:
+def _depth(z_um: float, spherical: float) -> float:
+    """The depth as the kernels are cached: ``|z|`` unless aberrated (then the sign matters)."""
+    return float(z_um) if spherical else abs(float(z_um))
+
+
+def defocus_psf(
+    shape: tuple[int, int], z_um: float, optics: Optics = Optics(), *, spherical_rms_waves: float = 0.0
+) -> np.ndarray:
     """Incoherent defocus PSF on a ``(Y, X)`` grid, centred, summing to one.
 
     Parameters
@@ -180,8 +201,12 @@ def defocus_psf(shape: tuple[int, int], z_um: float, optics: Optics = Optics()) 
         Grid size; the PSF is periodic on it, so choose it larger than the
         blur (about ``2 |z| NA`` um across) plus the Airy core.
     z_um : float
-        Defocus distance in um. The result is even in ``z``.
+        Defocus distance in um. The result is even in ``z`` (unless aberrated).
     optics : Optics
+    spherical_rms_waves : float
+        Primary spherical aberration of the pupil, Zernike ``Z(4, 0)`` rms in
+        waves (:func:`spherical_phase`); 0 (default) is the ideal pupil. A
+        simulation parameter: estimators model the ideal pupil.
 
     Returns
     -------
@@ -189,21 +214,27 @@ def defocus_psf(shape: tuple[int, int], z_um: float, optics: Optics = Optics()) 
         Centred at ``(Y // 2, X // 2)`` (the ``fftshift`` convention), read-only.
     """
     shape = _check_shape(tuple(shape))
-    psf = np.fft.fftshift(_psf_unshifted(shape, abs(float(z_um)), optics))
+    spherical = float(spherical_rms_waves)
+    psf = np.fft.fftshift(_psf_unshifted(shape, _depth(z_um, spherical), optics, spherical))
     psf.flags.writeable = False
     return psf
 
 
 @lru_cache(maxsize=256)
-def _otf(shape: tuple[int, int], z_um: float, optics: Optics, real: bool) -> np.ndarray:
-    psf = _psf_unshifted(shape, z_um, optics)
+def _otf(shape: tuple[int, int], z_um: float, optics: Optics, real: bool, spherical: float = 0.0) -> np.ndarray:
+    psf = _psf_unshifted(shape, z_um, optics, spherical)
     otf = np.fft.rfft2(psf) if real else np.fft.fft2(psf)
     otf.flags.writeable = False
     return otf
 
 
 def defocus_otf(
-    shape: tuple[int, int], z_um: float, optics: Optics = Optics(), *, real: bool = False
+    shape: tuple[int, int],
+    z_um: float,
+    optics: Optics = Optics(),
+    *,
+    real: bool = False,
+    spherical_rms_waves: float = 0.0,
 ) -> np.ndarray:
     """OTF ``K_z`` of :func:`defocus_psf` in FFT order, with ``K_z(0) = 1``.
 
@@ -215,6 +246,8 @@ def defocus_otf(
     real : bool
         Return the ``rfft2`` half-plane ``(Y, X // 2 + 1)`` instead of the
         full ``(Y, X)`` plane.
+    spherical_rms_waves : float
+        As in :func:`defocus_psf`.
 
     Returns
     -------
@@ -223,17 +256,18 @@ def defocus_otf(
         rounding because the defocus PSF is centrosymmetric.
     """
     shape = _check_shape(tuple(shape))
-    return _otf(shape, abs(float(z_um)), optics, bool(real))
+    spherical = float(spherical_rms_waves)
+    return _otf(shape, _depth(z_um, spherical), optics, bool(real), spherical)
 
 
 @lru_cache(maxsize=256)
-def _radial_otf(freq: tuple[float, ...], z_um: float, optics: Optics, grid: int) -> np.ndarray:
+def _radial_otf(freq: tuple[float, ...], z_um: float, optics: Optics, grid: int, spherical: float = 0.0) -> np.ndarray:
     # Sample the isotropic OTF from a large, finely sampled grid: half the pixel
     # size keeps the whole support inside Nyquist whatever the camera sampling.
     fine = dataclasses.replace(optics, pixel_size_um=min(optics.pixel_size_um, 0.25 / optics.cutoff))
     # Uncached: the fine grid is large (16 MB per depth at 1024^2), and only the 1-D
     # profile is kept. The OTF along fx is the 1-D transform of the PSF's projection on x.
-    psf = _psf_unshifted.__wrapped__((grid, grid), z_um, fine)
+    psf = _psf_unshifted.__wrapped__((grid, grid), z_um, fine, spherical)
     axis_f = np.fft.fftfreq(grid, d=fine.pixel_size_um)[: grid // 2]
     axis_v = np.fft.fft(psf.sum(axis=0)).real[: grid // 2]
     out = np.interp(np.asarray(freq), axis_f, axis_v, right=0.0)
@@ -249,7 +283,12 @@ def _auto_grid(z_um: float, optics: Optics) -> int:
 
 
 def radial_otf(
-    freq: np.ndarray, z_um: float, optics: Optics = Optics(), *, grid: int | None = None
+    freq: np.ndarray,
+    z_um: float,
+    optics: Optics = Optics(),
+    *,
+    grid: int | None = None,
+    spherical_rms_waves: float = 0.0,
 ) -> np.ndarray:
     """The isotropic defocus OTF ``K_z(|nu|)`` at radial frequencies ``freq``.
 
@@ -270,15 +309,18 @@ def radial_otf(
         (256 MB, about a second). A fixed 1024
         was 1.0 % off (relative L2 inside 0.8 x cutoff, against a 4096 grid)
         at NA 0.45, 30 um; the automatic grid keeps it below 0.25 %.
+    spherical_rms_waves : float
+        As in :func:`defocus_psf` (the OTF stays isotropic).
 
     Returns
     -------
     otf : (F,) ndarray of float64
     """
     freq = tuple(float(f) for f in np.ravel(freq))
-    z = abs(float(z_um))
+    spherical = float(spherical_rms_waves)
+    z = _depth(z_um, spherical)
     if grid is None:
         grid = _auto_grid(z, optics)
     if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 8:
         raise ValueError(f"grid must be an int >= 8 or None, got {grid!r}")
-    return _radial_otf(freq, z, optics, int(grid))
+    return _radial_otf(freq, z, optics, int(grid), spherical)
