@@ -55,6 +55,7 @@ import scipy.fft
 from .focus import ObjectSpectrum, fit_object_spectrum, power_spectrum, ring_dof
 from .optics import Optics, defocus_otf, frequency_grid
 from .psf import model_radial_otf
+from .xp import get_xp, to_numpy
 
 __all__ = [
     "NoiseModel",
@@ -388,6 +389,7 @@ def richardson_lucy(
     max_iter: int = 200,
     tol: float = 1e-3,
     accelerate: bool = True,
+    backend: str = "numpy",
     workers: int | None = 1,
 ) -> Restoration:
     """Richardson-Lucy refocus of one plane, stopped by the discrepancy principle.
@@ -409,6 +411,8 @@ def richardson_lucy(
         (it has stopped improving: a model that cannot reach the noise level).
     accelerate : bool
         Biggs-Andrews vector extrapolation (fewer iterations for the same fit).
+    backend : {"numpy", "cupy", "auto"}
+        Where the iterations run (:func:`plate_refocus.xp.get_xp`); the result is NumPy.
     workers : int, optional
         ``scipy.fft`` threads.
 
@@ -442,29 +446,29 @@ def richardson_lucy(
     h, t = _transfer(blur, big)
     if not blur.is_model:
         h = _nonnegative_kernel(blur, big)
-    mask = np.zeros(big)
+    xp, fft = get_xp(backend, workers=workers)
+    h, h_conj, t = xp.asarray(h), xp.asarray(np.conj(h)), xp.asarray(t)
+    data_dev = xp.asarray(data)
+    mask = xp.zeros(big)
     mask[crop] = 1.0
-    shifted = np.zeros(big)
-    shifted[crop] = np.clip(data + shift, 0.0, None)
+    shifted = xp.zeros(big)
+    shifted[crop] = xp.clip(data_dev + shift, 0.0, None)
 
-    def forward(x):
-        return scipy.fft.irfft2(scipy.fft.rfft2(x, workers=workers) * h, s=big, workers=workers)
+    def through(x, transfer):
+        return fft.irfft2(fft.rfft2(x) * transfer, s=big)
 
-    def adjoint(y):
-        return scipy.fft.irfft2(scipy.fft.rfft2(y, workers=workers) * np.conj(h), s=big, workers=workers)
-
-    norm = np.clip(adjoint(mask), 1e-6, None)
-    x = np.full(big, max(float(np.mean(np.clip(data, 0, None))), 1e-3))
+    norm = xp.clip(through(mask, h_conj), 1e-6, None)
+    x = xp.full(big, max(float(np.mean(np.clip(data, 0, None))), 1e-3))
     previous_x = x
-    steps: list[np.ndarray] = []
+    steps: list[Any] = []
     chi2 = math.inf
     stop = "max_iter"
     iterations = 0
     for iteration in range(1, int(max_iter) + 1):
         iterations = iteration
-        blurred = np.clip(forward(x), 0.0, None)
+        blurred = xp.clip(through(x, h), 0.0, None)
         previous = chi2
-        chi2 = _reduced_chi2(data, blurred[crop], shift, noise.gain)
+        chi2 = float(xp.mean((data_dev - blurred[crop]) ** 2 / (blurred[crop] + shift)))
         if chi2 <= target_chi2:
             stop = "discrepancy"
             break
@@ -474,16 +478,14 @@ def richardson_lucy(
         # Biggs-Andrews: extrapolate along the last step before the RL update
         y = x
         if accelerate and len(steps) == 2:
-            alpha = float(np.vdot(steps[1], steps[0]) / max(np.vdot(steps[0], steps[0]), 1e-300))
+            alpha = float(xp.vdot(steps[1], steps[0]) / max(float(xp.vdot(steps[0], steps[0])), 1e-300))
             if 0.0 < alpha < 1.0:
-                y = np.clip(x + alpha * (x - previous_x), 0.0, None)
-                blurred = np.clip(forward(y), 0.0, None)
-        ratio = shifted / (blurred + shift) * mask
-        updated = y * adjoint(ratio) / norm
-        np.clip(updated, 0.0, None, out=updated)
+                y = xp.clip(x + alpha * (x - previous_x), 0.0, None)
+                blurred = xp.clip(through(y, h), 0.0, None)
+        updated = xp.clip(y * through(shifted / (blurred + shift) * mask, h_conj) / norm, 0.0, None)
         steps = [*steps[-1:], updated - y]
         previous_x, x = x, updated
-    restored = scipy.fft.irfft2(scipy.fft.rfft2(x, workers=workers) * t, s=big, workers=workers)[crop]
+    restored = to_numpy(through(x, t)[crop])
     out = (restored * noise.gain + noise.offset).astype(np.float32)
     log.debug("richardson_lucy: %d iterations, chi2 %.3f, %s", iterations, chi2, stop)
     return Restoration(out, float(chi2), iterations, stop)
@@ -497,11 +499,6 @@ def _nonnegative_kernel(blur: Blur, big: tuple[int, int]) -> np.ndarray:
     out = scipy.fft.rfft2(kernel / kernel.sum())
     out.flags.writeable = False
     return out
-
-
-def _reduced_chi2(data: np.ndarray, model: np.ndarray, shift: float, gain: float) -> float:
-    """Mean of ``(d - m)^2 / (m + s)`` in photo-electrons (Poisson plus read noise)."""
-    return float(np.mean((data - model) ** 2 / (np.clip(model, 0.0, None) + shift)))
 
 
 def consistency(

@@ -6,18 +6,30 @@ depth and averaged over rings, the windowed periodogram is modelled as
 
     P(f) = A [ |W|^2 * sum_m S(|nu + m / dx|) |K_z(|nu + m / dx|)|^2 ](f) + N
 
-with ``S(f) = f**-beta`` a power-law object spectrum (free amplitude ``A`` and
-exponent ``beta``), ``K_z`` the model OTF (:func:`plate_refocus.psf.model_radial_otf`),
-``N`` a flat noise floor (read and shot noise are white), ``|W|^2 *`` the
-smoothing by the window's spectral taps and the sum over ``m`` the copies a
-camera folds back when it undersamples the optics. ``|z|`` is fitted by the
-Whittle likelihood of an averaged periodogram, on a grid of ``|z|`` (the cost
-has many local minima) then refined, and its interval is read off the
-profile likelihood.
+with ``S(f) = f**-beta exp(-gamma (f / cutoff)**2)`` the object spectrum (a
+power law, ``beta <= 5``, with a soft roll-off; free amplitude ``A``),
+``K_z`` the model OTF (:func:`plate_refocus.psf.model_radial_otf`), ``N`` a
+flat noise floor (read and shot noise are white), ``|W|^2 *`` the smoothing
+by the window's spectral taps and the sum over ``m`` the copies a camera folds
+back when it undersamples the optics. ``|z|`` is fitted by the Whittle
+likelihood of an averaged periodogram, on a grid of ``|z|`` (the cost has many
+local minima) then refined, and its interval is read off the profile
+likelihood, widened for smooth misfit and, where ``|K_z|^2`` has no notch
+above the noise, opened down to 0: without a notch the object's shape can
+mimic the defocus, so the data cannot say how far from focus the plane is.
 
 The partial sums (:class:`PowerSpectra`) add up over fields like
 :class:`plate_refocus.psf.FieldSpectra`, and are taken from the same
 windowed FFT (:func:`plate_refocus.psf.windowed_spectrum`).
+
+Per (well, depth), the pipeline would call::
+
+    spectra = sum(power_spectrum(plane, dx, background=offset) for plane in fields)  # or radial_power(fft)
+    estimate = blind_defocus(spectra, optics)          # ~10-20 ms at 520 x 696, cached per shape
+    z_restore = restoration_depth(estimate)            # for Wiener / RL (plate_refocus.deconvolve)
+
+and, for a stack without a recorded focal plane, ``find_focus(z_um,
+[spectra per plane], optics, blind=[estimate per plane])``.
 
 References
 ----------

@@ -42,7 +42,7 @@ References
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -473,8 +473,3 @@ def render_objects(
             layer = layer + fam.background + fam.haze * haze
         out[c] = layer
     return out
-
-
-def family_table() -> list[dict[str, Any]]:
-    """The families' parameters as rows (name, differs, then every field)."""
-    return [{f.name: getattr(fam, f.name) for f in fields(Family)} for fam in FAMILIES.values()]

@@ -21,6 +21,7 @@ from plate_refocus.metrics import psnr
 from plate_refocus.optics import Optics, radial_otf
 from plate_refocus.psf import radial_frequencies
 from plate_refocus.simulate import Camera, simulate_field
+from plate_refocus.xp import gpu_available
 
 OPTICS = Optics()
 SHAPE = (128, 128)
@@ -125,3 +126,11 @@ def test_hybrid_keeps_consistent_network_outputs_only():
 def test_arguments_are_checked(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
+def test_cupy_richardson_lucy_agrees_with_numpy(field):
+    a = richardson_lucy(field.images[0, 2], Blur.model(OPTICS, 14.0), noise=NOISE, backend="numpy")
+    b = richardson_lucy(field.images[0, 2], Blur.model(OPTICS, 14.0), noise=NOISE, backend="cupy")
+    assert a.iterations == b.iterations and a.stop == b.stop
+    np.testing.assert_allclose(b.image, a.image, rtol=1e-5, atol=1e-3)
