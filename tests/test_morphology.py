@@ -104,3 +104,17 @@ def test_a_custom_family_can_be_passed_directly():
     custom = Family("tiny", "test", nucleus_um=(2.0, 3.0), density=20.0)
     out = render_objects(SHAPE, custom, seed=0, channels=("nuclei",))
     assert out.shape == (1, *SHAPE) and out.max() == pytest.approx(1.0)
+
+
+def test_a_plate_of_a_family_records_it(tmp_path, client):
+    import zarr
+
+    from plate_refocus.plate import open_plate
+    from plate_refocus.simulate import simulate_plate
+
+    path = simulate_plate(tmp_path / "p.zarr", rows=1, columns=1, fields=1, depths_um=(0, 4), size=(64, 64),
+                          channels=("cytoplasm", "nuclei"), family="sparse", spherical_rms_waves=0.1, client=client)
+    plate = open_plate(path)
+    assert list(plate.coords["c"].values) == ["cytoplasm", "nuclei"]
+    simulation = zarr.open_group(str(path), mode="r").attrs["plate_refocus"]["simulation"]
+    assert simulation["family"] == "sparse" and simulation["spherical_rms_waves"] == 0.1
