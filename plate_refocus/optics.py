@@ -232,15 +232,34 @@ def radial_frequencies(shape: tuple[int, int], pixel_size_um: float) -> np.ndarr
     return np.arange(nbins) * step
 
 
+def spherical_phase(rho: np.ndarray, optics: Optics, rms_waves: float) -> np.ndarray:
+    """Pupil phase (radians) of primary spherical aberration, Zernike ``Z(4, 0)`` of `rms_waves` rms.
+
+    ``2 pi w sqrt(5) (6 r^4 - 6 r^2 + 1)`` with ``r = |nu| / (NA / lambda)`` (Noll
+    normalisation: unit rms over the pupil), at radial frequencies `rho`.
+    """
+    r2 = (np.asarray(rho) / (optics.na / optics.wavelength_um)) ** 2
+    return 2 * np.pi * float(rms_waves) * math.sqrt(5.0) * (6 * r2 * r2 - 6 * r2 + 1)
+
+
+def _depth(z_um: float, spherical: float) -> float:
+    """The depth as the kernels are cached: ``|z|`` unless aberrated (then the sign matters)."""
+    return float(z_um) if spherical else abs(float(z_um))
+
+
 @lru_cache(maxsize=256)
-def _psf_unshifted(shape: tuple[int, int], z_um: float, optics: Optics) -> np.ndarray:
+def _psf_unshifted(shape: tuple[int, int], z_um: float, optics: Optics,
+                   spherical: float = 0.0) -> np.ndarray:
     fy, fx, rho = _frequency_grid(shape, optics.pixel_size_um, False)
     k = optics.immersion_index / optics.wavelength_um
     pupil = rho <= optics.na / optics.wavelength_um
     # Angular spectrum phase relative to the on-axis wave: the constant term only
     # shifts the phase of the whole field and leaves the intensity unchanged.
     kz = np.sqrt(np.maximum(k**2 - rho**2, 0.0)) - k
-    field = np.where(pupil, np.exp(2j * np.pi * z_um * kz), 0.0)
+    phase = 2 * np.pi * z_um * kz
+    if spherical:
+        phase = phase + spherical_phase(rho, optics, spherical)
+    field = np.where(pupil, np.exp(1j * phase), 0.0)
     amplitude = np.fft.ifft2(field)
     intensity = amplitude.real**2 + amplitude.imag**2
     intensity /= intensity.sum()
@@ -248,7 +267,9 @@ def _psf_unshifted(shape: tuple[int, int], z_um: float, optics: Optics) -> np.nd
     return intensity
 
 
-def defocus_psf(shape: tuple[int, int], z_um: float, optics: Optics = Optics()) -> np.ndarray:
+def defocus_psf(
+    shape: tuple[int, int], z_um: float, optics: Optics = Optics(), *, spherical_rms_waves: float = 0.0
+) -> np.ndarray:
     """Incoherent defocus PSF on a ``(Y, X)`` grid, centred, summing to one.
 
     Parameters
@@ -257,8 +278,12 @@ def defocus_psf(shape: tuple[int, int], z_um: float, optics: Optics = Optics()) 
         Grid size; the PSF is periodic on it, so choose it larger than the
         blur (about ``2 |z| NA`` um across) plus the Airy core.
     z_um : float
-        Defocus distance in um. The result is even in ``z``.
+        Defocus distance in um. The result is even in ``z`` (unless aberrated).
     optics : Optics
+    spherical_rms_waves : float
+        Primary spherical aberration of the pupil, Zernike ``Z(4, 0)`` rms in
+        waves (:func:`spherical_phase`); 0 (default) is the ideal pupil. A
+        simulation parameter: estimators model the ideal pupil.
 
     Returns
     -------
@@ -266,21 +291,28 @@ def defocus_psf(shape: tuple[int, int], z_um: float, optics: Optics = Optics()) 
         Centred at ``(Y // 2, X // 2)`` (the ``fftshift`` convention), read-only.
     """
     shape = check_shape(shape)
-    psf = np.fft.fftshift(_psf_unshifted(shape, abs(float(z_um)), optics))
+    spherical = float(spherical_rms_waves)
+    psf = np.fft.fftshift(_psf_unshifted(shape, _depth(z_um, spherical), optics, spherical))
     psf.flags.writeable = False
     return psf
 
 
 @lru_cache(maxsize=256)
-def _otf(shape: tuple[int, int], z_um: float, optics: Optics, real: bool) -> np.ndarray:
-    psf = _psf_unshifted(shape, z_um, optics)
+def _otf(shape: tuple[int, int], z_um: float, optics: Optics, real: bool,
+         spherical: float = 0.0) -> np.ndarray:
+    psf = _psf_unshifted(shape, z_um, optics, spherical)
     otf = np.fft.rfft2(psf) if real else np.fft.fft2(psf)
     otf.flags.writeable = False
     return otf
 
 
 def defocus_otf(
-    shape: tuple[int, int], z_um: float, optics: Optics = Optics(), *, real: bool = False
+    shape: tuple[int, int],
+    z_um: float,
+    optics: Optics = Optics(),
+    *,
+    real: bool = False,
+    spherical_rms_waves: float = 0.0,
 ) -> np.ndarray:
     """OTF ``K_z`` of :func:`defocus_psf` in FFT order, with ``K_z(0) = 1``.
 
@@ -292,6 +324,8 @@ def defocus_otf(
     real : bool
         Return the ``rfft2`` half-plane ``(Y, X // 2 + 1)`` instead of the
         full ``(Y, X)`` plane.
+    spherical_rms_waves : float
+        As in :func:`defocus_psf`.
 
     Returns
     -------
@@ -300,7 +334,8 @@ def defocus_otf(
         rounding because the defocus PSF is centrosymmetric.
     """
     shape = check_shape(shape)
-    return _otf(shape, abs(float(z_um)), optics, bool(real))
+    spherical = float(spherical_rms_waves)
+    return _otf(shape, _depth(z_um, spherical), optics, bool(real), spherical)
 
 
 # --- the radial OTF model (Hankel transforms) ---------------------------------------------------
@@ -360,6 +395,7 @@ def radial_otf(
     optics: Optics = Optics(),
     *,
     max_radius_um: float | None = None,
+    spherical_rms_waves: float = 0.0,
 ) -> np.ndarray:
     """The isotropic defocus OTF ``K_z(|nu|)`` at radial frequencies ``freq``, by Hankel transforms.
 
@@ -390,6 +426,9 @@ def radial_otf(
     max_radius_um : float, optional
         Radius of the PSF kept; default :func:`model_psf_radius_um` of the
         largest ``|z|``, ``max(60, 1.5 |z| tan(asin(NA/n)) + 30)``.
+    spherical_rms_waves : float
+        As in :func:`defocus_psf` (the OTF stays isotropic; the sign of ``z``
+        then matters).
 
     Returns
     -------
@@ -398,8 +437,10 @@ def radial_otf(
     """
     if not isinstance(optics, Optics):
         raise TypeError(f"optics must be an Optics, got {type(optics).__name__}")
-    zs = np.abs(np.asarray(z_um, dtype=np.float64))
-    z = float(zs.max()) if zs.size else 0.0
+    spherical = float(spherical_rms_waves)
+    zs = np.asarray(z_um, dtype=np.float64)
+    zs = zs if spherical else np.abs(zs)
+    z = float(np.abs(zs).max()) if zs.size else 0.0
     freq = np.asarray(freq, dtype=np.float64)
     rho_max = optics.na / optics.wavelength_um
     k = optics.immersion_index / optics.wavelength_um
@@ -407,10 +448,12 @@ def radial_otf(
         max_radius_um = model_psf_radius_um(z, optics)
     # few distinct grids: round the normalised radius up to a multiple of 10
     n_radii = int(math.ceil(max_radius_um * rho_max / 10.0)) * int(round(10.0 / _HANKEL_STEP))
-    phase_cycles = z * (k - math.sqrt(max(k**2 - rho_max**2, 0.0)))
+    phase_cycles = z * (k - math.sqrt(max(k**2 - rho_max**2, 0.0))) + 6 * math.sqrt(5.0) * abs(spherical)
     t, t_weights, kernel = _pupil_to_psf(n_radii, _hankel_nodes(n_radii, phase_cycles))
     rho = rho_max * t
     angle = 2 * np.pi * zs.reshape(-1, 1) * (np.sqrt(k**2 - rho**2) - k)  # (Z, T)
+    if spherical:
+        angle = angle + spherical_phase(rho, optics, spherical)[None, :]
     # real kernel times (cos, sin) columns: one real GEMM for all z, no complex copy
     columns = np.concatenate([np.cos(angle) * t_weights, np.sin(angle) * t_weights]).T  # (T, 2Z)
     amplitude = kernel @ columns

@@ -174,6 +174,28 @@ def _check_optics_camera(optics: Any, camera: Any) -> None:
         raise TypeError(f"camera must be a Camera, got {camera!r}")
 
 
+def _check_family_channels(channels: Sequence[str], family: str | None) -> tuple[str, ...]:
+    if family is None or family == "u2os":
+        return _check_channels(channels)
+    from .morphology import STAINS, get_family
+
+    get_family(family)
+    if isinstance(channels, str):
+        raise TypeError(f"channels must be a sequence of names like ('nuclei',), got {channels!r}")
+    channels = tuple(channels)
+    if not channels or any(c not in STAINS for c in channels) or len(set(channels)) != len(channels):
+        raise ValueError(f"channels must be a non-empty selection of {STAINS!r} without repeats, got {channels!r}")
+    return channels
+
+
+def _check_spherical(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"spherical_rms_waves must be a finite number of waves, got {value!r}")
+    if abs(value) > 2:
+        raise ValueError(f"spherical_rms_waves={value!r} is beyond any usable objective; use at most 2 waves rms")
+    return float(value)
+
+
 def _check_depths(depths_um: Sequence[float]) -> tuple[float, ...]:
     try:
         depths = tuple(float(z) for z in np.ravel(np.asarray(depths_um, dtype=float)))
@@ -411,6 +433,8 @@ def simulate_objects(
     *,
     seed: SeedLike,
     channels: Sequence[str] = ("nuclei", "actin"),
+    family: str | None = None,
+    pixel_size_um: float = 0.3,
 ) -> np.ndarray:
     """Fluorophore density of a field of U2OS-like cells.
 
@@ -424,7 +448,14 @@ def simulate_objects(
         The field; the same seed and shape give the same cells.
     channels : sequence of {"nuclei", "actin"}
         Which stains to draw, in this order. The cells do not depend on which
-        channels are asked for.
+        channels are asked for. Families also draw ``"cytoplasm"``.
+    family : str, optional
+        A morphology family of :mod:`plate_refocus.morphology` (e.g.
+        ``"small-nuclei"``); ``None`` (or ``"u2os"``) is the training family
+        drawn here, unchanged.
+    pixel_size_um : float
+        Pixel size at the sample, used by families (whose sizes are in um);
+        the training family is drawn in pixels for 0.3 um pixels.
 
     Returns
     -------
@@ -433,6 +464,10 @@ def simulate_objects(
         no cell reaches the field).
     """
     shape = check_shape(shape, minimum=8)
+    if family is not None and family != "u2os":
+        from .morphology import render_objects
+
+        return render_objects(shape, family, seed=seed, channels=tuple(channels), pixel_size_um=pixel_size_um)
     channels = _check_channels(channels)
     seq = _seed_sequence(seed)
     cells = _place_cells(shape, _child(seq, 0))
@@ -464,9 +499,9 @@ def _padded_shape(shape: tuple[int, int], pad: int) -> tuple[int, int]:
     return tuple(scipy.fft.next_fast_len(n + 2 * pad, real=True) for n in shape)
 
 
-def _blur(spectrum: np.ndarray, big: tuple[int, int], z_um: float, optics: Optics) -> np.ndarray:
+def _blur(spectrum: np.ndarray, big: tuple[int, int], z_um: float, optics: Optics, spherical: float = 0.0) -> np.ndarray:
     """``irfft2(spectrum * K_z)`` on the padded grid, one call for all channels."""
-    otf = defocus_otf(big, z_um, optics, real=True)
+    otf = defocus_otf(big, z_um, optics, real=True, spherical_rms_waves=spherical)
     return scipy.fft.irfft2(spectrum * otf, s=big, axes=(-2, -1), workers=1)
 
 
@@ -478,6 +513,8 @@ def simulate_field(
     optics: Optics = DEFAULT_OPTICS,
     camera: Camera = DEFAULT_CAMERA,
     channels: Sequence[str] = ("nuclei", "actin"),
+    family: str | None = None,
+    spherical_rms_waves: float = 0.0,
 ) -> SimulatedField:
     """A noisy defocus stack of one field, with its ground truth.
 
@@ -493,6 +530,15 @@ def simulate_field(
     optics : Optics
     camera : Camera
     channels : sequence of {"nuclei", "actin"}
+        (and ``"cytoplasm"`` with a `family`).
+    family : str, optional
+        Morphology family (:mod:`plate_refocus.morphology`); ``None`` is the
+        training family, whose output is unchanged.
+    spherical_rms_waves : float
+        Primary spherical aberration of the microscope's pupil, Zernike
+        ``Z(4, 0)`` rms in waves (e.g. 0.15): optics the estimators do not
+        model. The depths' signs then matter; the ground truth ``in_focus``
+        is blurred by the aberrated in-focus PSF.
 
     Returns
     -------
@@ -515,9 +561,10 @@ def simulate_field(
     """
     shape = check_shape(shape, minimum=8)
     depths = _check_depths(depths_um)
-    channels = _check_channels(channels)
+    channels = _check_family_channels(channels, family)
     _check_optics_camera(optics, camera)
     seq = _seed_sequence(seed)
+    spherical = _check_spherical(spherical_rms_waves)
 
     pad = field_padding(max(abs(z) for z in depths), optics)
     big = _padded_shape(shape, pad)
@@ -525,9 +572,10 @@ def simulate_field(
     crop = (Ellipsis, slice(y0, y0 + shape[0]), slice(x0, x0 + shape[1]))
 
     density = simulate_objects(big, seed=np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, 0)),
-                               channels=channels).astype(np.float64)
+                               channels=channels, family=family,
+                               pixel_size_um=optics.pixel_size_um).astype(np.float64)
     spectrum = scipy.fft.rfft2(density, axes=(-2, -1), workers=1)
-    focus_big = _blur(spectrum, big, 0.0, optics)
+    focus_big = _blur(spectrum, big, 0.0, optics, spherical)
     # Scale by the brightest in-focus pixel of the whole simulated neighbourhood, not of
     # the crop: a crop that only catches the edge of a cell must stay dim, as on a
     # microscope where every field of a plate shares the staining and the exposure.
@@ -538,7 +586,7 @@ def simulate_field(
     rng = _child(seq, 1)
     images = np.empty((len(channels), len(depths), *shape), dtype=np.uint16)
     for j, z in enumerate(depths):
-        mean = focus if z == 0 else _blur(spectrum, big, z, optics)[crop]
+        mean = focus if z == 0 else _blur(spectrum, big, z, optics, spherical)[crop]
         mean = np.clip(mean * scale, 0, None)
         counts = rng.poisson(mean).astype(np.float64)
         counts += rng.normal(camera.offset, camera.read_noise, counts.shape) if camera.read_noise else camera.offset
@@ -555,8 +603,12 @@ def simulate_field(
 # --- ground truth ------------------------------------------------------------------------------
 
 
-def true_otf_radial(depths_um: Sequence[float], freq: np.ndarray, optics: Optics = DEFAULT_OPTICS) -> np.ndarray:
-    """The model's isotropic OTF ``K_z(|nu|)`` (:func:`plate_refocus.optics.radial_otf`) for every depth.
+def true_otf_radial(
+    depths_um: Sequence[float], freq: np.ndarray, optics: Optics = DEFAULT_OPTICS, *,
+    spherical_rms_waves: float = 0.0,
+) -> np.ndarray:
+    """The model's isotropic OTF ``K_z(|nu|)`` (:func:`plate_refocus.optics.radial_otf`) for every
+    depth, with the simulation's aberration, if any.
 
     `freq` is normally :func:`plate_refocus.optics.radial_frequencies` of the
     field shape, the axis of the results' ``otf_radial``.
@@ -566,22 +618,23 @@ def true_otf_radial(depths_um: Sequence[float], freq: np.ndarray, optics: Optics
     otf : (Z, F) ndarray of float64
     """
     depths = _check_depths(depths_um)
-    return np.stack([radial_otf(freq, z, optics) for z in depths])
+    return np.stack([radial_otf(freq, z, optics, spherical_rms_waves=spherical_rms_waves) for z in depths])
 
 
 def _simulate_and_write(images, objects, in_focus, w, f, shape, depths, seed_key, optics, camera,
-                        channels) -> None:
+                        channels, family=None, spherical=0.0) -> None:
     """One task of :func:`simulate_plate`: simulate a field and write it and its ground truth
     into the zarr arrays ``images`` (c, z, y, x) and ``objects``/``in_focus`` at ``[w, f]``."""
     field = simulate_field(shape, depths, seed=np.random.SeedSequence(list(seed_key)),
-                           optics=optics, camera=camera, channels=channels)
+                           optics=optics, camera=camera, channels=channels, family=family,
+                           spherical_rms_waves=spherical)
     images[...] = field.images
     objects[w, f] = field.object
     in_focus[w, f] = field.in_focus
 
 
-def _write_otf(target, depths, freq, optics) -> None:
-    target[...] = true_otf_radial(depths, freq, optics)
+def _write_otf(target, depths, freq, optics, spherical=0.0) -> None:
+    target[...] = true_otf_radial(depths, freq, optics, spherical_rms_waves=spherical)
 
 
 def simulate_plate(
@@ -596,6 +649,8 @@ def simulate_plate(
     optics: Optics = DEFAULT_OPTICS,
     camera: Camera = DEFAULT_CAMERA,
     channels: Sequence[str] = ("nuclei", "actin"),
+    family: str | None = None,
+    spherical_rms_waves: float = 0.0,
     plate_format: int = 96,
     ngff_version: str = "0.5",
     client: Any = None,
@@ -633,6 +688,13 @@ def simulate_plate(
     optics : Optics
     camera : Camera
     channels : sequence of {"nuclei", "actin"}
+        (and ``"cytoplasm"`` with a `family`).
+    family : str, optional
+        Morphology family (:mod:`plate_refocus.morphology`) of every field;
+        recorded in the plate's simulation metadata. ``None``: the training family.
+    spherical_rms_waves : float
+        Spherical aberration of the simulated microscope (see :func:`simulate_field`);
+        the plate's optics metadata stays the ideal ``optics`` (what a run is told).
     plate_format : {96, 384, 1536, 6, 12, 24, 48}
         Wells on the physical plate (all its rows and columns are listed in the
         metadata).
@@ -677,9 +739,16 @@ def simulate_plate(
     wells = wells_for(rows, columns, plate_format)
     shape = check_shape(size, minimum=8)
     depths = _check_depths(depths_um)
-    channels = _check_channels(channels)
+    channels = _check_family_channels(channels, family)
+    spherical = _check_spherical(spherical_rms_waves)
     _check_optics_camera(optics, camera)
     n_c, n_z = len(channels), len(depths)
+    simulation = {"seed": int(seed), "size": list(shape), "plate_format": plate_format,
+                  "seeding": "SeedSequence([seed, row * plate_columns + column - 1, field])"}
+    if family is not None:
+        simulation["family"] = str(family)
+    if spherical:
+        simulation["spherical_rms_waves"] = spherical
     freq = radial_frequencies(shape, optics.pixel_size_um)
     focal = [j for j, z in enumerate(depths) if z == 0]
     targets = create_plate(
@@ -688,9 +757,7 @@ def simulate_plate(
         focal_plane=focal[0] if focal else None, camera=camera, ngff_version=ngff_version,
         ground_truth={"object": (len(wells), fields, n_c, *shape), "in_focus": (len(wells), fields, n_c, *shape),
                       "otf_radial": (n_z, freq.size), "freq": (freq.size,)},
-        extra_attrs={"written_by": "simulate", "simulation": {
-            "seed": int(seed), "size": list(shape), "plate_format": plate_format,
-            "seeding": "SeedSequence([seed, row * plate_columns + column - 1, field])"}},
+        extra_attrs={"written_by": "simulate", "simulation": simulation},
         overwrite=overwrite,
     )
     targets.ground_truth["freq"][...] = freq
@@ -700,7 +767,7 @@ def simulate_plate(
     # on a worker alongside the fields.
     run = uuid.uuid4().hex[:8]
     gt = targets.ground_truth
-    tasks = [dask.delayed(_write_otf, pure=False)(gt["otf_radial"], depths, freq, optics,
+    tasks = [dask.delayed(_write_otf, pure=False)(gt["otf_radial"], depths, freq, optics, spherical,
                                                  dask_key_name=f"true-otf-{run}")]
     for w, well in enumerate(wells):
         r, c = parse_well(well)
@@ -708,7 +775,7 @@ def simulate_plate(
         for f in range(fields):
             tasks.append(dask.delayed(_simulate_and_write, pure=False)(
                 targets.fields[w][f], gt["object"], gt["in_focus"], w, f, shape, depths,
-                (int(seed), well_index, f), optics, camera, channels,
+                (int(seed), well_index, f), optics, camera, channels, family, spherical,
                 dask_key_name=f"simulate-field-{well}-{f}-{run}",
             ))
     try:

@@ -29,7 +29,7 @@ The package, one job per module:
 The radial frequency axis and the radial OTF model are the optics module's
 (:func:`plate_refocus.optics.radial_frequencies`,
 :func:`plate_refocus.optics.radial_otf`); they are re-exported here under
-their names of old (``radial_frequencies``, ``model_radial_otf``).
+the frequency axis under its name of old (``radial_frequencies``).
 
 References
 ----------
@@ -42,24 +42,28 @@ References
 
 from __future__ import annotations
 
-from ..optics import radial_frequencies, radial_otf
+from ..optics import radial_frequencies
 from .fit import Reference, fit_band, fit_defocus
 from .isotropic import expand_isotropic, isotropic_operator, project_isotropic
 from .recovery import AUTO_MU, PSFEstimate, estimate_psf, recover_psf
-from .spectra import WINDOW_MODEL_BINS, FieldSpectra, field_spectra
-
-#: The former name of :func:`plate_refocus.optics.radial_otf` (the Hankel model moved there).
-model_radial_otf = radial_otf
+from .spectra import (
+    WINDOW_MODEL_BINS,
+    FieldSpectra,
+    field_spectra,
+    window_weights,
+    windowed_spectrum,
+)
 
 __all__ = [
     "FieldSpectra",
     "PSFEstimate",
     "field_spectra",
+    "windowed_spectrum",
+    "window_weights",
     "radial_frequencies",
     "isotropic_operator",
     "project_isotropic",
     "expand_isotropic",
-    "model_radial_otf",
     "fit_defocus",
     "fit_band",
     "recover_psf",

@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from ..optics import check_shape
 from ..xp import get_xp, to_numpy
 
-__all__ = ["FieldSpectra", "field_spectra", "WINDOW_MODEL_BINS", "WINDOW_TAPS", "WINDOW_TERMS_SHAPE"]
+__all__ = ["FieldSpectra", "field_spectra", "windowed_spectrum", "window_weights",
+           "WINDOW_MODEL_BINS", "WINDOW_TAPS", "WINDOW_TERMS_SHAPE"]
 
 _EDGES = ("taper", "periodic", "none")
 
@@ -423,10 +425,7 @@ def field_spectra(
             f"reference and defocused must have the same shape, got {reference.shape!r} "
             f"and {defocused.shape!r}"
         )
-    if edges not in _EDGES:
-        raise ValueError(f"edges must be one of {_EDGES!r}, got {edges!r}")
-    if isinstance(taper, bool) or not isinstance(taper, (int, float)) or not 0 <= taper <= 0.5:
-        raise ValueError(f"taper must be a fraction between 0 and 0.5, got {taper!r}")
+    _check_edges(edges, taper)
     xp, fft = get_xp(backend, workers=workers)
     ref_bg = _background("reference_background", reference_background, xp)
     def_bg = _background("defocused_background", defocused_background, xp)
@@ -452,3 +451,73 @@ def field_spectra(
     return FieldSpectra(
         to_numpy(numerator), to_numpy(denominator), count, None if terms is None else to_numpy(terms)
     )
+
+
+def window_weights(shape: tuple[int, int], *, edges: str = "taper", taper: float = 0.5) -> np.ndarray:
+    """The window ``w`` that :func:`field_spectra` and :func:`windowed_spectrum` apply.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image shape ``(Y, X)``.
+    edges, taper
+        As in :func:`field_spectra`; ``"periodic"`` and ``"none"`` apply no window (ones).
+
+    Returns
+    -------
+    w : (Y, X) ndarray of float64
+        Read-only. ``sum(w**2)`` normalises a windowed periodogram so that white
+        noise of variance ``s**2`` per pixel has power ``s**2`` at every frequency.
+    """
+    shape = check_shape(shape)
+    _check_edges(edges, taper)
+    if edges != "taper":
+        ones = np.ones(shape)
+        ones.flags.writeable = False
+        return ones
+    return _tukey(shape, float(taper), "numpy")
+
+
+def windowed_spectrum(
+    image: Any,
+    *,
+    background: float | np.ndarray = 0.0,
+    edges: str = "taper",
+    taper: float = 0.5,
+    backend: str = "auto",
+    workers: int | None = None,
+) -> Any:
+    """``rfft2`` of one image (or a stack) treated exactly as :func:`field_spectra` treats it.
+
+    The background is subtracted, the borders are treated (`edges`, `taper`)
+    and, with the taper, the image's own window-weighted mean is removed at
+    every frequency but zero. This is the transform a blind, reference-free
+    estimate reads (:mod:`plate_refocus.focus`), with the conventions of the
+    pooled PSF estimate, so both can come from one FFT per plane.
+
+    Parameters
+    ----------
+    image : (Y, X) or (F, Y, X) array_like of real
+    background : float or array broadcastable to the images
+        Known additive background (the camera offset in ADU).
+    edges, taper, backend, workers
+        As in :func:`field_spectra`.
+
+    Returns
+    -------
+    spectrum : (Y, X // 2 + 1) or (F, Y, X // 2 + 1) array of complex128
+        On the backend's device (a CuPy array with ``backend="cupy"``).
+    """
+    image = _as_stack("image", image)
+    _check_edges(edges, taper)
+    xp, fft = get_xp(backend, workers=workers)
+    spectrum, _, _ = _spectrum(image, _background("background", background, xp), xp, fft, edges,
+                               float(taper))
+    return spectrum
+
+
+def _check_edges(edges: str, taper: Any) -> None:
+    if edges not in _EDGES:
+        raise ValueError(f"edges must be one of {_EDGES!r}, got {edges!r}")
+    if isinstance(taper, bool) or not isinstance(taper, (int, float)) or not 0 <= taper <= 0.5:
+        raise ValueError(f"taper must be a fraction between 0 and 0.5, got {taper!r}")
