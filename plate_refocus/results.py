@@ -45,6 +45,11 @@ __all__ = [
     "PLANE_NO_SIGNAL",
     "PLANE_NO_REFERENCE",
     "PLANE_FLAG_NAMES",
+    "METHOD_IDENTITY",
+    "METHOD_UNET",
+    "METHOD_WIENER",
+    "METHOD_RL",
+    "METHOD_NAMES",
     "Variable",
     "SCHEMA",
     "REFOCUSED_PLATE",
@@ -76,6 +81,10 @@ PLANE_MISSING = 1  # no file at ingest: written as NaN, left out of the PSF
 PLANE_NONFINITE = 2  # NaN or infinite pixels: masked like a missing plane
 PLANE_NO_SIGNAL = 4  # no signal above the noise: refocused, left out of the PSF
 PLANE_NO_REFERENCE = 8  # the reference plane is missing or unusable: left out of the PSF
+#: ``method_used`` values: how each plane was refocused.
+METHOD_IDENTITY, METHOD_UNET, METHOD_WIENER, METHOD_RL = 0, 1, 2, 3
+METHOD_NAMES = {METHOD_IDENTITY: "left as it is (blur not identifiable, no reference)",
+                METHOD_UNET: "unet", METHOD_WIENER: "wiener", METHOD_RL: "rl"}
 PLANE_FLAG_NAMES = {
     PLANE_MISSING: "missing at ingest",
     PLANE_NONFINITE: "NaN or infinite pixels (masked)",
@@ -118,6 +127,34 @@ SCHEMA: dict[str, Variable] = {
                            {"long_name": "fitted |defocus| from the OTF", "units": "um"}),
     "defocus_err_um": Variable(("well", "z"), np.float64, "well",
                                {"long_name": "uncertainty of defocus_um", "units": "um"}),
+    "defocus_blind_um": Variable(
+        ("well", "z"), np.float64, "well",
+        {"long_name": "|defocus| from the fields' pooled power spectra alone (no reference): "
+                      "plate_refocus.focus.blind_defocus", "units": "um"}),
+    "defocus_blind_err_um": Variable(
+        ("well", "z"), np.float64, "well",
+        {"long_name": "uncertainty of defocus_blind_um (95 % interval width / 3.92; wide where "
+                      "the blur is not identifiable, near focus)", "units": "um"}),
+    "consistency": Variable(
+        ("well", "field", "z"), np.float64, "well",
+        {"long_name": "how well the refocused plane, re-blurred, explains the observed plane: "
+                      "reduced chi-square under the camera's noise model (about 1 when it does; "
+                      "plate_refocus.deconvolve.consistency)"}),
+    "method_used": Variable(
+        ("well", "field", "z"), np.int8, "well",
+        {"long_name": "how the plane was refocused: " + "; ".join(
+            f"{code} = {text}" for code, text in METHOD_NAMES.items()) + "; -1 = not refocused"}),
+    "reference_used": Variable(
+        ("well",), "str", "whole",
+        {"long_name": "the PSF reference of the well: focal-plane (recorded or found), blind, "
+                      "or refocused"}),
+    "focal_plane_used": Variable(
+        ("well",), np.int16, "whole",
+        {"long_name": "the plane index used as the in-focus reference (-1: none)"}),
+    "focus_prominence": Variable(
+        ("well",), np.float64, "whole",
+        {"long_name": "how clearly the focus measure peaks at focal_plane_used when it was found "
+                      "from the stack (0 flat .. 1 sharp; NaN when recorded or not found)"}),
     "sharpness": Variable(
         _QUALITY, np.float64, "well",
         {"long_name": "no-reference focus measure of input and refocused planes, higher is "
@@ -196,6 +233,10 @@ def results_template(layout: Any, *, attrs: Mapping[str, Any]):
         shape = tuple(sizes[d] for d in variable.dims)
         if variable.dtype == "str":
             data = np.full(shape, "", dtype=np.dtypes.StringDType())
+        elif variable.chunks == "whole":  # small, written by the client: not-yet values
+            kind = np.dtype(variable.dtype).kind
+            fill = 0 if name == "well_status" else (-1 if kind == "i" else np.nan)
+            data = np.full(shape, fill, dtype=variable.dtype)
         else:
             data = da.zeros(shape, chunks=_chunks(variable, shape), dtype=variable.dtype)
         data_vars[name] = (variable.dims, data, dict(variable.attrs))
@@ -358,8 +399,12 @@ class ResultsWriter:
         for name, value in values.items():
             self._target(name)[well] = value
 
-    def set_status(self, well: int, status: int, error: str = "") -> None:
-        """A well's status and error text (called by the client alone)."""
+    def set_status(self, well: int, status: int, error: str = "",
+                   record: Mapping[str, Any] | None = None) -> None:
+        """A well's status, error text and one-value variables (called by the client alone:
+        these variables are one chunk for the whole plate)."""
+        for name, value in (record or {}).items():
+            self._target(name)[well] = value
         self._target("well_error")[well] = error
         self._target("well_status")[well] = status
 

@@ -109,14 +109,29 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def results(tiny_plate, tiny_model, client, tmp_path_factory):
-    """``(path, RunSummary)`` of one pipeline run of :func:`tiny_plate` with :func:`tiny_model`.
+    """``(path, RunSummary)`` of one network run of :func:`tiny_plate` with :func:`tiny_model`
+    (``method="unet"``, PSF against the network's output): the U-Net path, checked piece by piece.
 
     Read it; do not write to it.
     """
     from plate_refocus.pipeline import run_plate
 
     out = tmp_path_factory.mktemp("results") / "results.zarr"
-    summary = run_plate(tiny_plate, out, client=client, model=tiny_model, command_line="test")
+    summary = run_plate(tiny_plate, out, client=client, model=tiny_model, method="unet",
+                        reference="refocused", command_line="test")
+    return out, summary
+
+
+@pytest.fixture(scope="session")
+def default_results(tiny_plate, client, tmp_path_factory):
+    """``(path, RunSummary)`` of a run of :func:`tiny_plate` with the defaults (method, reference).
+
+    Read it; do not write to it.
+    """
+    from plate_refocus.pipeline import run_plate
+
+    out = tmp_path_factory.mktemp("default") / "results.zarr"
+    summary = run_plate(tiny_plate, out, client=client, command_line="test")
     return out, summary
 
 

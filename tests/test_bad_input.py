@@ -222,7 +222,7 @@ def test_models_whose_input_or_output_do_not_fit_are_refused(plate, tmp_path, ca
     for model, message in ((fixed, "fixes the image size"), (three, "output shape")):
         path = _save_keras(model, tmp_path / f"{message.split()[0]}.keras")
         refuse(capsys, "run", str(plate), str(tmp_path / "r.zarr"), "--model", str(path),
-               match="does not fit plate-refocus")
+               "--method", "unet", match="does not fit plate-refocus")
         assert not (tmp_path / "r.zarr").exists()
 
 
@@ -235,7 +235,8 @@ BAD = [
     (lambda p, t: ["run", str(p / "A" / "1" / "0" / "0" / "c"), str(t / "r.zarr")],
      "is not a zarr store"),
     (lambda p, t: ["run", str(p / "A" / "1" / "0" / "0"), str(t / "r.zarr")], "single zarr array"),
-    (lambda p, t: ["run", str(p), str(t / "r.zarr"), "--model", str(t / "m.keras")], "does not exist"),
+    (lambda p, t: ["run", str(p), str(t / "r.zarr"), "--model", str(t / "m.keras"), "--method",
+                   "hybrid"], "does not exist"),
     (lambda p, t: ["run", str(p), str(t / "r.zarr"), "--channel", "dapi"], "channel 'dapi' is not"),
     (lambda p, t: ["run", str(p), str(t / "r.zarr"), "--channel", "7"], "out of range"),
     (lambda p, t: ["run", str(p), str(t / "r.zarr"), "--wells", "H13"], "not in the plate"),

@@ -36,8 +36,8 @@ def test_run_dry_run_prints_the_plan_and_writes_nothing(tiny_plate, tmp_path):
 
 @pytest.mark.parametrize("make_args, message", [
     (lambda plate, tmp: ["run", str(tmp / "nope.zarr"), str(tmp / "r.zarr")], "does not exist"),
-    (lambda plate, tmp: ["run", str(plate), str(tmp / "r.zarr"), "--model", str(tmp / "m.keras")],
-     "does not exist"),
+    (lambda plate, tmp: ["run", str(plate), str(tmp / "r.zarr"), "--model", str(tmp / "m.keras"),
+                         "--method", "unet"], "does not exist"),
     (lambda plate, tmp: ["run", str(plate), str(plate)], "is the input"),
 ])
 def test_run_bad_input_is_one_line_without_traceback(tiny_plate, tmp_path, make_args, message):
@@ -49,7 +49,8 @@ def test_run_bad_input_is_one_line_without_traceback(tiny_plate, tmp_path, make_
 
 def test_run_prints_dashboard_progress_and_summary(tiny_plate, tiny_model, tmp_path):
     out = tmp_path / "r.zarr"
-    done = cli("run", str(tiny_plate), str(out), "--model", str(tiny_model), "--workers", "1")
+    done = cli("run", str(tiny_plate), str(out), "--model", str(tiny_model), "--workers", "1",
+               "--method", "unet")
     assert done.returncode == 0, done.stderr
     assert "dashboard: http://" in done.stdout
     assert "2/2 wells" in done.stderr
@@ -68,7 +69,7 @@ def test_run_prints_dashboard_progress_and_summary(tiny_plate, tiny_model, tmp_p
     assert "tiny-test" in info.stdout and "method       unet" in info.stdout
     # -v/-q are accepted after the command as well as before it; -q drops the progress line
     quiet = cli("run", str(tiny_plate), str(out), "--model", str(tiny_model), "--overwrite",
-                "--workers", "1", "-q")
+                "--workers", "1", "--method", "unet", "-q")
     assert quiet.returncode == 0, quiet.stderr
     assert "wells (last" not in quiet.stderr and "done: 2 wells computed of 2" in quiet.stdout
     verbose = cli("-q", "info", str(out), "-v")

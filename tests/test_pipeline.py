@@ -104,8 +104,10 @@ def test_existing_output_is_refused_without_resume_or_overwrite(results, tiny_pl
 
     out, _ = results
     with pytest.raises(OutputExistsError, match="pass --resume to finish it or --overwrite"):
-        run_plate(tiny_plate, out, client=client, model=tiny_model)
-    summary = run_plate(tiny_plate, out, client=client, model=tiny_model, resume=True)
+        run_plate(tiny_plate, out, client=client, model=tiny_model, method="unet",
+                  reference="refocused")
+    summary = run_plate(tiny_plate, out, client=client, model=tiny_model, method="unet",
+                        reference="refocused", resume=True)
     assert summary.wells_computed == [] and sorted(summary.wells_skipped) == ["A01", "A02"]
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from ..optics import Optics
 
 __all__ = ["float_list", "positive_int", "size", "add_optics_arguments", "optics_from_args",
-           "progress_printer", "command_line"]
+           "optics_overrides", "progress_printer", "command_line"]
 
 
 def command_line() -> str:
@@ -71,6 +71,14 @@ def optics_from_args(args: argparse.Namespace) -> Optics:
         immersion_index=args.immersion_index,
         pixel_size_um=args.pixel_size,
     )
+
+
+def optics_overrides(args: argparse.Namespace) -> dict[str, float]:
+    """The optics flags that were given (``add_optics_arguments(defaults=False)``), by Optics field."""
+    names = {"na": "na", "wavelength": "wavelength_um", "immersion_index": "immersion_index",
+             "pixel_size": "pixel_size_um"}
+    return {field: getattr(args, flag) for flag, field in names.items()
+            if getattr(args, flag, None) is not None}
 
 
 def progress_printer(stream=sys.stderr) -> Callable[[str, int, int], None]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import command_line, progress_printer
+from ..pipeline import DEFAULT_METHOD, METHODS, REFERENCES
+from .common import add_optics_arguments, command_line, optics_overrides, progress_printer
 
 
 def add_run(subparsers) -> None:
@@ -19,12 +20,21 @@ def add_run(subparsers) -> None:
     )
     p.add_argument("plate", metavar="PLATE", help="input OME-Zarr HCS plate (never written to)")
     p.add_argument("out", metavar="OUT", help="results store to write (zarr)")
-    p.add_argument("--model", help="a .keras model from 'plate-refocus train' "
-                   "(default: the shipped model)")
+    p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
+                   help="how planes are refocused: rl (Richardson-Lucy against the well's OTF, "
+                   "the default: best on held-out cells, see the README), wiener, unet (the "
+                   "network), hybrid (per field the network where its output is consistent with "
+                   "the data, rl where not)")
+    p.add_argument("--model", help="a .keras model from 'plate-refocus train' for the methods "
+                   "that use the network (default: the shipped model)")
     p.add_argument("--channel", help="channel name or index to refocus (default: the first)")
-    p.add_argument("--reference", choices=["refocused", "focal-plane"], default="refocused",
-                   help="sharp reference for the PSF: the U-Net output (default) or the stack's "
-                   "in-focus plane")
+    p.add_argument("--reference", choices=list(REFERENCES), default="auto",
+                   help="where the well's blur is measured against: auto (default: the stack's "
+                   "in-focus plane if recorded or found, else the blind estimate), focal-plane, "
+                   "blind (the fields' power spectra alone), refocused (the network's output)")
+    p.add_argument("--focal-plane", type=int, default=None, metavar="N",
+                   help="the stack's in-focus plane index (0-based), for a plate that records "
+                   "none or records another")
     p.add_argument("--wells", help="comma-separated wells to process, e.g. A01,B02 (default: all)")
     p.add_argument("--z-step", type=float, default=None, metavar="UM",
                    help="spacing of the planes in um, for a plate whose metadata has no distinct z "
@@ -44,6 +54,7 @@ def add_run(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (and the batch job script for jobqueue clusters) "
                    "and exit without running")
+    add_optics_arguments(p, defaults=False)
     add_cluster_arguments(p)
     p.set_defaults(func=run_run)
 
@@ -80,7 +91,8 @@ def run_run(args: argparse.Namespace) -> int:
     wells = [w.strip() for w in args.wells.split(",")] if args.wells else None
     # Everything is checked before a cluster starts: a refusal costs no job and no dashboard.
     plan = plan_run(
-        args.plate, args.out, model=args.model, channel=args.channel, reference=args.reference,
+        args.plate, args.out, model=args.model, method=args.method, channel=args.channel,
+        reference=args.reference, optics=optics_overrides(args), focal_plane=args.focal_plane,
         resume=args.resume, overwrite=args.overwrite, wells=wells,
         gpu=getattr(args, "gpu", False), z_step_um=args.z_step, dtype=args.dtype,
         command_line=command_line(),

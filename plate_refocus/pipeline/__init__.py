@@ -29,13 +29,23 @@ Modules: :mod:`.compute` (:func:`process_depth`), :mod:`.tasks` (the Dask tasks)
 from __future__ import annotations
 
 from ..results import open_results
-from .compute import DepthResult, DepthSettings, process_depth
+from .compute import METHODS, DepthResult, DepthSettings, process_depth
 from .execute import RUN_LOG, RunSummary, execute_run, run_plate
-from .plan import DTYPES, MIN_IMAGE_SIZE, REFERENCES, RunPlan, plan_run, plate_graph_size
+from .plan import (
+    DEFAULT_METHOD,
+    DTYPES,
+    MIN_IMAGE_SIZE,
+    REFERENCES,
+    RunPlan,
+    plan_run,
+    plate_graph_size,
+)
 from .tasks import RunJob, depth_task, refocus_planes, well_graph, well_task
 
 __all__ = [
     "REFERENCES",
+    "METHODS",
+    "DEFAULT_METHOD",
     "MIN_IMAGE_SIZE",
     "DTYPES",
     "RUN_LOG",

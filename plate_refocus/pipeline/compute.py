@@ -1,4 +1,25 @@
-"""The science of one well at one depth: a pure function of arrays, no I/O."""
+"""The science of one well at one depth: a pure function of arrays, no I/O.
+
+:func:`process_depth` takes the well's fields at one depth (and, when the
+stack has one, their in-focus plane) and returns everything the results
+store keeps for that depth:
+
+1. planes with NaN/inf pixels are masked, planes without signal are left out
+   of every estimate (flagged, never fitted);
+2. the **blind** ``|z|`` from the fields' pooled power spectra
+   (:func:`plate_refocus.focus.blind_defocus`), always;
+3. the **reference**: the stack's in-focus plane (the well's measured OTF
+   ``K_z / K_0`` by :func:`plate_refocus.psf.recover_psf`), or the blind
+   estimate (the model OTF at :func:`plate_refocus.focus.restoration_depth`),
+   or, as before, the network's output;
+4. the **refocus** by the chosen method: the network, Wiener or
+   Richardson-Lucy against that OTF, or per field the network where its
+   output is consistent with the data and Richardson-Lucy where not
+   (``hybrid``); a plane whose blur is not identifiable and has no
+   reference is left as it is, never sharpened at a guessed depth;
+5. the **consistency** of every output with its plane (re-blurred under the
+   camera's noise model) and the quality measures.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +30,23 @@ from typing import Any
 import numpy as np
 
 from ..optics import Optics
-from ..results import PLANE_MISSING, PLANE_NO_REFERENCE, PLANE_NO_SIGNAL, PLANE_NONFINITE, PSF_SIZE
+from ..results import (
+    METHOD_IDENTITY,
+    METHOD_RL,
+    METHOD_UNET,
+    METHOD_WIENER,
+    PLANE_MISSING,
+    PLANE_NO_REFERENCE,
+    PLANE_NO_SIGNAL,
+    PLANE_NONFINITE,
+    PSF_SIZE,
+)
 
-__all__ = ["DepthSettings", "DepthResult", "process_depth"]
+__all__ = ["METHODS", "DepthSettings", "DepthResult", "process_depth"]
+
+#: Refocusing methods: the network, Wiener, Richardson-Lucy, or per field the network where its
+#: output is consistent with the data and Richardson-Lucy where not.
+METHODS = ("unet", "wiener", "rl", "hybrid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,10 +54,12 @@ class DepthSettings:
     """What :func:`process_depth` needs besides the pixels."""
 
     optics: Optics
-    reference: str  # one of REFERENCES
+    method: str  # one of METHODS
+    reference: str  # "focal-plane", "blind" or "refocused" (resolved per well)
     background: float  # camera offset, removed before the Fourier sums
     data_range: float  # of PSNR/SSIM
     backend: str  # FFT array backend: "numpy", "cupy" or "auto"
+    read_noise: float | None = None  # the camera's, when recorded; None: from the data
     psf_size: int = PSF_SIZE
 
 
@@ -33,9 +70,13 @@ class DepthResult:
     refocused: np.ndarray  # (F, Y, X) float32, NaN where a plane was masked or missing
     otf_radial: np.ndarray  # (freq,)
     psf: np.ndarray  # (psf_size, psf_size)
-    defocus_um: float
+    defocus_um: float  # against the reference used
     defocus_err_um: float
+    defocus_blind_um: float  # from the pooled power spectra alone
+    defocus_blind_err_um: float
     quality: np.ndarray  # (F, 2, 3): [input, refocused] x [sharpness, psnr, ssim]
+    consistency: np.ndarray  # (F,) reduced chi-square of the output re-blurred against the plane
+    method_used: np.ndarray  # (F,) int8: METHOD_* codes
     flags: np.ndarray  # (F,) uint8, PLANE_* bits
 
     def small(self) -> dict[str, Any]:
@@ -49,48 +90,104 @@ def _usable(image: np.ndarray | None) -> bool:
     )
 
 
+def _noise_model(settings: DepthSettings, planes: Sequence[np.ndarray], blind: Any) -> Any:
+    """The camera's noise model: recorded, else estimated from the planes (offset, gain)."""
+    from ..deconvolve import NoiseModel
+
+    if settings.read_noise is not None:
+        return NoiseModel(settings.background, settings.read_noise, 1.0)
+    if not planes:
+        return NoiseModel(settings.background, 0.0, 1.0)
+    # Unknown camera: the offset just below the darkest pixels, the gain from the white noise
+    # floor of the fitted power spectrum over the mean signal (read noise folded into it).
+    offset = min(float(np.percentile(p, 0.1)) for p in planes) - 3.0
+    mean = float(np.mean([np.mean(p) for p in planes])) - offset
+    floor = blind.spectrum.noise if blind is not None else np.mean([np.var(p) for p in planes])
+    return NoiseModel(offset, 0.0, max(float(floor) / max(mean, 1.0), 0.05))
+
+
+def _blind(planes: Sequence[np.ndarray], settings: DepthSettings) -> Any:
+    from ..focus import blind_defocus, power_spectrum
+
+    if not planes:
+        return None
+    spectra = power_spectrum(np.stack(planes), settings.optics.pixel_size_um,
+                             background=settings.background, backend=settings.backend)
+    return blind_defocus(spectra, settings.optics)
+
+
+def _relative_model(freq: np.ndarray, z: float, optics: Optics) -> np.ndarray:
+    """``K_z / K_0`` of the model inside the passband (where ``K_0`` is not tiny), 0 beyond."""
+    from ..optics import radial_otf
+
+    k = radial_otf(freq, np.array([z, 0.0]), optics)
+    inside = k[1] > 1e-3
+    out = np.zeros_like(freq, dtype=np.float64)
+    out[inside] = k[0][inside] / k[1][inside]
+    out[0] = 1.0
+    return out
+
+
+def _measured(pairs: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int],
+              settings: DepthSettings) -> Any:
+    """The well's OTF relative to its references, pooled over the fields: a PSFEstimate."""
+    from ..psf import field_spectra, recover_psf
+
+    spectra = None
+    for reference, plane in pairs:
+        field = field_spectra(reference, plane, reference_background=settings.background,
+                              defocused_background=settings.background, backend=settings.backend)
+        spectra = field if spectra is None else spectra + field
+    return recover_psf(spectra, shape, settings.optics, reference="in-focus",
+                       psf_size=settings.psf_size)
+
+
+def _restore(plane: np.ndarray, blur: Any, method: str, noise: Any) -> np.ndarray:
+    from ..deconvolve import richardson_lucy, wiener
+
+    if method == "wiener":
+        return wiener(plane, blur, noise=noise).image
+    return richardson_lucy(plane, blur, noise=noise).image
+
+
 def process_depth(
     planes: Sequence[np.ndarray | None],
     *,
-    refocus: Callable[[np.ndarray], np.ndarray],
     settings: DepthSettings,
+    freq: np.ndarray,
+    refocus: Callable[[np.ndarray], np.ndarray] | None = None,
     references: Sequence[np.ndarray | None] | None = None,
     truths: Sequence[np.ndarray | None] | None = None,
-    freq_size: int,
 ) -> DepthResult:
-    """Refocus one well's fields at one depth and recover the well's PSF there.
+    """Refocus one well's fields at one depth and estimate the well's defocus there.
 
     Parameters
     ----------
     planes : sequence of (Y, X) ndarray or None, one per field
         The defocused planes; None where the plane is missing.
-    refocus : callable
-        ``(N, Y, X) -> (N, Y, X) float32``: the refocusing method, run once on
-        all usable planes.
     settings : DepthSettings
+    freq : (F,) ndarray
+        The radial frequency axis (:func:`plate_refocus.optics.radial_frequencies`).
+    refocus : callable, optional
+        The network, ``(N, Y, X) -> (N, Y, X) float32``, run once on all usable
+        planes; needed by the methods ``"unet"``, ``"hybrid"`` and the
+        reference ``"refocused"``.
     references : sequence of (Y, X) ndarray or None, optional
-        With ``settings.reference == "focal-plane"``: each field's in-focus
-        plane (None where missing). Otherwise the refocused planes are the
-        reference.
+        With ``settings.reference == "focal-plane"``: each field's in-focus plane.
     truths : sequence of (Y, X) ndarray or None, optional
         Ground-truth in-focus images, for PSNR/SSIM.
-    freq_size : int
-        Length of the radial frequency axis (for NaN profiles).
 
     Returns
     -------
     DepthResult
-        A plane with NaN or infinite pixels is masked like a missing plane
-        (``PLANE_NONFINITE``). A plane without signal above its noise is
-        refocused but left out of the PSF (``PLANE_NO_SIGNAL``); a depth
-        without a usable plane gets NaN defocus and profile.
     """
+    from ..deconvolve import CONSISTENCY_LIMIT, Blur, consistency
+    from ..focus import restoration_depth
     from ..metrics import has_signal, plane_quality
-    from ..psf import field_spectra, recover_psf
+    from ..psf import psf_from_profile
 
-    n = len(planes)
+    n, optics = len(planes), settings.optics
     flags = np.zeros(n, dtype=np.uint8)
-    quality = np.full((n, 2, 3), np.nan)
     present = []
     for f, plane in enumerate(planes):
         if plane is None:
@@ -100,33 +197,72 @@ def process_depth(
         else:
             present.append(f)
     shape = next((p.shape for p in planes if p is not None), (0, 0))
-    refocused = np.full((n, *shape), np.nan, dtype=np.float32)
-    if present:
-        refocused[present] = refocus(np.stack([planes[f] for f in present]))
-    spectra = None
-    for f in present:
-        raw = np.asarray(planes[f], dtype=np.float32)
-        truth = truths[f] if truths is not None else None
-        quality[f] = plane_quality(raw, refocused[f], truth, data_range=settings.data_range)
-        reference = refocused[f]
-        if settings.reference == "focal-plane":
-            reference = references[f] if references is not None else None
-            if not _usable(reference) or not has_signal(reference):
+    raw = {f: np.asarray(planes[f], dtype=np.float32) for f in present}
+    signal = [f for f in present if has_signal(raw[f])]
+    for f in set(present) - set(signal):
+        flags[f] |= PLANE_NO_SIGNAL
+    blind = _blind([raw[f] for f in signal], settings)
+    noise = _noise_model(settings, [raw[f] for f in signal], blind)
+    need_net = settings.method in ("unet", "hybrid") or settings.reference == "refocused"
+    net = {}
+    if need_net and present:
+        net = dict(zip(present, refocus(np.stack([planes[f] for f in present])), strict=True))
+
+    # the reference: the well's measured OTF, or the model at the blind |z|
+    profile = np.full(freq.size, np.nan)
+    psf = np.full((settings.psf_size, settings.psf_size), np.nan)
+    z = z_err = np.nan
+    blur = None
+    if settings.reference in ("focal-plane", "refocused"):
+        pairs = []
+        for f in signal:
+            ref = net[f] if settings.reference == "refocused" else (
+                references[f] if references is not None else None)
+            if not _usable(ref) or not has_signal(np.asarray(ref, dtype=np.float32)):
                 flags[f] |= PLANE_NO_REFERENCE
                 continue
-            reference = np.asarray(reference, dtype=np.float32)
-        if not has_signal(raw):
-            flags[f] |= PLANE_NO_SIGNAL
-            continue
-        field = field_spectra(reference, raw, reference_background=settings.background,
-                              defocused_background=settings.background, backend=settings.backend)
-        spectra = field if spectra is None else spectra + field
-    if spectra is None:
-        return DepthResult(refocused, np.full(freq_size, np.nan),
-                           np.full((settings.psf_size, settings.psf_size), np.nan),
-                           np.nan, np.nan, quality, flags)
-    est = recover_psf(spectra, shape, settings.optics, reference="in-focus",
-                      psf_size=settings.psf_size)
-    return DepthResult(refocused, np.asarray(est.otf_radial, dtype=np.float64),
-                       np.asarray(est.psf, dtype=np.float64), float(est.defocus_um),
-                       float(est.defocus_err_um), quality, flags)
+            pairs.append((np.asarray(ref, dtype=np.float32), raw[f]))
+        if pairs:
+            est = _measured(pairs, shape, settings)
+            profile, psf = np.asarray(est.otf_radial, float), np.asarray(est.psf, float)
+            z, z_err = float(est.defocus_um), float(est.defocus_err_um)
+            blur = Blur.measured(optics, freq, profile, relative=True,
+                                 defocus_um=z if np.isfinite(z) else 0.0)
+    elif blind is not None:
+        z, z_err = float(blind.defocus_um), float(blind.defocus_err_um)
+        depth = restoration_depth(blind)
+        profile = _relative_model(freq, depth, optics)
+        psf = psf_from_profile(profile, shape, optics.pixel_size_um, psf_size=settings.psf_size)
+        blur = Blur.model(optics, depth) if depth > 0 else None  # not identifiable: leave it
+
+    # the refocus, and how well each output explains its plane
+    refocused = np.full((n, *shape), np.nan, dtype=np.float32)
+    method_used = np.full(n, -1, dtype=np.int8)
+    trust = np.full(n, np.nan)
+    check = blur if blur is not None else Blur.model(optics, 0.0)
+    for f in present:
+        physics = settings.method in ("wiener", "rl", "hybrid")
+        out, code = raw[f], METHOD_IDENTITY
+        if settings.method in ("unet", "hybrid"):
+            out, code = net[f], METHOD_UNET
+        if settings.method == "hybrid" and f in signal:
+            physics = consistency(raw[f], net[f], check, noise=noise) > CONSISTENCY_LIMIT
+        if physics and settings.method != "unet":
+            if blur is not None and f in signal:
+                out = _restore(raw[f], blur, "wiener" if settings.method == "wiener" else "rl", noise)
+                code = METHOD_WIENER if settings.method == "wiener" else METHOD_RL
+            else:
+                out, code = raw[f], METHOD_IDENTITY
+        refocused[f], method_used[f] = out, code
+        if f in signal:
+            trust[f] = consistency(raw[f], out, check, noise=noise)
+    quality = np.full((n, 2, 3), np.nan)
+    for f in present:
+        truth = truths[f] if truths is not None else None
+        quality[f] = plane_quality(raw[f], refocused[f], truth, data_range=settings.data_range)
+    return DepthResult(
+        refocused=refocused, otf_radial=profile, psf=psf, defocus_um=z, defocus_err_um=z_err,
+        defocus_blind_um=float(blind.defocus_um) if blind is not None else np.nan,
+        defocus_blind_err_um=float(blind.defocus_err_um) if blind is not None else np.nan,
+        quality=quality, consistency=trust, method_used=method_used, flags=flags,
+    )

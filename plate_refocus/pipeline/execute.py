@@ -32,7 +32,7 @@ from ..results import (
     open_results,
     results_template,
 )
-from .plan import RunPlan, plan_run, with_statuses
+from .plan import DEFAULT_METHOD, RunPlan, plan_run, with_statuses
 from .tasks import RunJob, well_graph
 
 __all__ = ["RUN_LOG", "RunSummary", "execute_run", "run_plate"]
@@ -198,7 +198,7 @@ def _compute_wells(plan: RunPlan, job: RunJob, client: Any, max_wells_in_flight:
             log.error("well %s failed: %s", names[index], outcome["error"])
         else:
             flags = outcome["flags"]
-            writer.set_status(index, WELL_DONE)
+            writer.set_status(index, WELL_DONE, record=outcome.get("record"))
             computed.append(names[index])
             log.info("well %s done (%d of %d)", names[index], len(computed) + len(failed),
                      len(plan.wells))
@@ -229,14 +229,17 @@ def run_plate(
     *,
     client: Any,
     model: str | os.PathLike | None = None,
+    method: str = DEFAULT_METHOD,
     channel: str | int | None = None,
-    reference: str = "refocused",
+    reference: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
     wells: Sequence[str] | None = None,
     gpu: bool = False,
     backend: str | None = None,
     z_step_um: float | None = None,
+    optics: dict[str, float] | None = None,
+    focal_plane: int | None = None,
     dtype: str = "uint16",
     max_wells_in_flight: int | None = None,
     on_well_done: Callable[[str, int, int], None] | None = None,
@@ -259,12 +262,15 @@ def run_plate(
     client : distributed.Client
         The cluster to run on (see :mod:`plate_refocus.cluster`).
     model : path, optional
-        A ``.keras`` model from ``plate-refocus train``; the shipped default
-        when omitted.
+        A ``.keras`` model from ``plate-refocus train`` for the methods that use
+        the network; the shipped default when omitted.
+    method : {"rl", "wiener", "unet", "hybrid"}
+        How planes are refocused (see :data:`~plate_refocus.pipeline.compute.METHODS`);
+        :data:`DEFAULT_METHOD` by default.
     channel : str or int, optional
         Channel name or index to refocus; the first channel by default.
-    reference : {"refocused", "focal-plane"}
-        Sharp reference for the PSF (see :data:`REFERENCES`).
+    reference : {"auto", "focal-plane", "blind", "refocused"}
+        Sharp reference for the PSF and the physics refocus (see :data:`REFERENCES`).
     wells : sequence of str, optional
         Restrict the run to these wells (e.g. ``["A01", "B02"]``).
     gpu : bool
@@ -277,6 +283,11 @@ def run_plate(
     z_step_um : float, optional
         Spacing of the planes in um, for a plate whose metadata lacks distinct
         z positions.
+    optics : dict, optional
+        ``na``, ``wavelength_um``, ``immersion_index``, ``pixel_size_um`` over the
+        plate's metadata (see :func:`plate_refocus.plate.override_layout`).
+    focal_plane : int, optional
+        The stack's in-focus plane index, over the plate's metadata.
     dtype : {"uint16", "float32"}
         How the refocused plate stores the images (see :data:`DTYPES`).
     max_wells_in_flight : int, optional
@@ -291,8 +302,9 @@ def run_plate(
     RunSummary
         ``wells_failed`` lists the wells whose tasks failed, with the reason.
     """
-    plan = plan_run(plate, out, model=model, channel=channel, reference=reference, resume=resume,
-                    overwrite=overwrite, wells=wells, gpu=gpu, backend=backend,
-                    z_step_um=z_step_um, dtype=dtype, command_line=command_line)
+    plan = plan_run(plate, out, model=model, method=method, channel=channel, reference=reference,
+                    resume=resume, overwrite=overwrite, wells=wells, gpu=gpu, backend=backend,
+                    z_step_um=z_step_um, optics=optics, focal_plane=focal_plane, dtype=dtype,
+                    command_line=command_line)
     return execute_run(plan, client, max_wells_in_flight=max_wells_in_flight,
                        on_well_done=on_well_done, tables_csv=tables_csv)

@@ -27,17 +27,22 @@ from ..results import (
     check_resume,
     settings_for_resume,
 )
-from .compute import DepthSettings
+from .compute import METHODS, DepthSettings
 from .tasks import RunJob, well_graph
 
-__all__ = ["REFERENCES", "DTYPES", "MIN_IMAGE_SIZE", "RunPlan", "plan_run", "with_statuses",
+__all__ = ["REFERENCES", "DEFAULT_METHOD", "DTYPES", "MIN_IMAGE_SIZE", "RunPlan", "plan_run", "with_statuses",
            "plate_graph_size"]
 
-#: Where the sharp reference for the PSF comes from.
-#: ``"refocused"``: the U-Net output of the same plane (estimates ``K_z / K_0``);
-#: ``"focal-plane"``: the stack's own in-focus plane (needs ``focal_plane`` metadata).
-REFERENCES = ("refocused", "focal-plane")
+#: Where the sharp reference for the PSF (and the physics refocus) comes from.
+#: ``"auto"``: the stack's in-focus plane when the plate records one or a survey of the stack
+#: finds one, else the blind estimate; ``"focal-plane"``: the recorded (or --focal-plane) plane;
+#: ``"blind"``: the fields' pooled power spectra alone; ``"refocused"``: the network's output.
+REFERENCES = ("auto", "focal-plane", "blind", "refocused")
 
+
+#: The refocusing method of a run unless one is asked for: the best on held-out data (README,
+#: "Blind defocus, physics refocus and unseen morphologies").
+DEFAULT_METHOD = "rl"
 
 #: How the refocused images are stored: camera counts rounded to uint16 (the default: the
 #: rounding error, at most 0.5 count, is far below the images' noise; see the README) or float32.
@@ -94,8 +99,8 @@ def _run_attrs(job: RunJob, info: dict[str, Any], command_line: str | None,
         "source_plate": str(Path(job.layout.path).resolve()),
         "channel": job.layout.channels[job.channel],
         "optics": json.dumps(job.settings.optics.to_dict()),
-        "reference": job.settings.reference,
-        "method": "unet",
+        "reference": job.reference,
+        "method": job.settings.method,
         "psf_estimate": "K_z / K_0 (relative to the in-focus image) inside the passband",
         # "auto": CuPy on the workers that saw a GPU, NumPy elsewhere (same numbers to 1e-5)
         "fft_backend": job.settings.backend,
@@ -117,68 +122,56 @@ def plan_run(
     out: str | os.PathLike,
     *,
     model: str | os.PathLike | None = None,
+    method: str = DEFAULT_METHOD,
     channel: str | int | None = None,
-    reference: str = "refocused",
+    reference: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
     wells: Sequence[str] | None = None,
     gpu: bool = False,
     backend: str | None = None,
     z_step_um: float | None = None,
+    optics: dict[str, float] | None = None,
+    focal_plane: int | None = None,
     dtype: str = "uint16",
     command_line: str | None = None,
 ) -> RunPlan:
     """Check a run completely, without starting or writing anything.
 
-    The plate (metadata, sizes, z positions), the channel and reference, the
-    output (not inside the input, writable, not an existing store unless
-    ``resume``/``overwrite`` allow it, and for ``resume`` the same settings),
-    and the model (loads, fits the data, optics). Every problem is a
-    :class:`~plate_refocus.errors.PlateRefocusError` whose message says what
-    to do. Parameters as in :func:`run_plate`.
+    The plate (metadata, sizes, z positions, optics), the channel, method and
+    reference, the output (not inside the input, writable, not an existing
+    store unless ``resume``/``overwrite`` allow it, and for ``resume`` the same
+    settings), and the model when the method uses it (loads, fits the data,
+    optics). Every problem is a :class:`~plate_refocus.errors.PlateRefocusError`
+    whose message says what to do. Parameters as in :func:`run_plate`.
     """
     from ..optics import radial_frequencies
     from ..outputs import prepare_output
-    from ..unet import default_model_path
 
-    if reference not in REFERENCES:
-        raise ValueError(f"reference must be one of {REFERENCES!r}, got {reference!r}")
+    _check_choices(method=method, reference=reference, dtype=dtype)
     if resume and overwrite:
         raise ValueError("pass resume=True or overwrite=True, not both")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES!r}, got {dtype!r}")
     out = prepare_output(out, kind="results", inputs=(plate,), overwrite=overwrite, resume=resume,
                          remove=False)
-    layout = read_layout(plate, z_step_um=z_step_um)
+    layout = _checked_layout(plate, z_step_um, optics or {}, focal_plane, reference, wells)
     ci = layout.channel_index(channel)
-    _check_size(layout)
-    if reference == "focal-plane" and layout.focal_plane is None:
-        raise PlateLayoutError(
-            "reference='focal-plane' needs the plate's in-focus plane index, which this plate "
-            "does not record; use the default reference 'refocused', or ingest with --focal-plane"
-        )
-    names = list(layout.wells)
-    if wells is not None:
-        unknown = sorted(set(wells) - set(names))
-        if unknown:
-            raise PlateLayoutError(f"wells {unknown!r} are not in the plate; it has {names!r}")
-    model_path = str(Path(model) if model is not None else default_model_path())
-    # Loaded here: a missing, corrupt or ill-fitting model fails before any worker starts,
-    # and a model trained for other optics warns with both sets of numbers.
-    info = _check_model(model_path, layout.optics)
+    model_path, info = _model_for(method, reference, model, layout.optics)
     if backend is None:
         backend = "auto" if gpu else "numpy"
-    settings = DepthSettings(optics=layout.optics, reference=reference, background=layout.offset,
-                             data_range=layout.data_range, backend=backend)
+    camera = layout.camera
+    settings = DepthSettings(
+        optics=layout.optics, method=method, reference=reference, background=layout.offset,
+        data_range=layout.data_range, backend=backend,
+        read_noise=float(camera["read_noise"]) if {"offset", "read_noise"} <= set(camera) else None)
     job = RunJob(layout=layout, channel=ci, writer=ResultsWriter(str(out), ""),
-               model_path=model_path, model_sha256=str(info.get("sha256", "")),
-               settings=settings,
-               freq_size=int(radial_frequencies(layout.shape, layout.optics.pixel_size_um).size))
+                 model_path=model_path, model_sha256=str(info.get("sha256", "")),
+                 settings=settings, reference=reference,
+                 freq=tuple(radial_frequencies(layout.shape, layout.optics.pixel_size_um).tolist()))
     run_settings = settings_for_resume(
         source_plate=str(Path(layout.path).resolve()), channel=layout.channels[ci],
-        method="unet", reference=reference, model_sha256=job.model_sha256,
-        optics=layout.optics.to_dict(), wells=names, fields=layout.n_fields,
-        z_um=list(layout.z_um), shape=list(layout.shape), dtype=dtype)
+        method=method, reference=reference, model_sha256=job.model_sha256,
+        optics=layout.optics.to_dict(), focal_plane=layout.focal_plane, wells=list(layout.wells),
+        fields=layout.n_fields, z_um=list(layout.z_um), shape=list(layout.shape), dtype=dtype)
     statuses = check_resume(out, run_settings) if resume else None
     # Replace OUT only when asked (--overwrite) or when resuming a store of ours whose layout was
     # never completed; never a store another run creates meanwhile.
@@ -189,6 +182,52 @@ def plan_run(
         out=out, job=job, wells=(), skipped=(), statuses=None, replace=replace, resume=resume,
         gpu=gpu, attrs=attrs, model_info=info,
     ), statuses, wells)
+
+
+def _check_choices(*, method: str, reference: str, dtype: str) -> None:
+    for name, value, choices in (("method", method, METHODS), ("reference", reference, REFERENCES),
+                                 ("dtype", dtype, DTYPES)):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices!r}, got {value!r}")
+
+
+def _checked_layout(plate: Any, z_step_um: float | None, optics: dict[str, float],
+                    focal_plane: int | None, reference: str,
+                    wells: Sequence[str] | None) -> PlateLayout:
+    """The plate's layout with the flags applied, checked for what a run needs."""
+    import logging
+
+    from ..plate import override_layout
+
+    layout, notes = override_layout(read_layout(plate, z_step_um=z_step_um),
+                                    focal_plane=focal_plane, **optics)
+    for note in notes:
+        logging.getLogger("plate_refocus.pipeline").warning("%s", note)
+    _check_size(layout)
+    if reference == "focal-plane" and layout.focal_plane is None:
+        raise PlateLayoutError(
+            "reference='focal-plane' needs the stack's in-focus plane, which this plate does not "
+            "record; give it with --focal-plane N, or use --reference auto (the stack's plane "
+            "found in focus, else the blind estimate)"
+        )
+    names = list(layout.wells)
+    if wells is not None:
+        unknown = sorted(set(wells) - set(names))
+        if unknown:
+            raise PlateLayoutError(f"wells {unknown!r} are not in the plate; it has {names!r}")
+    return layout
+
+
+def _model_for(method: str, reference: str, model: Any, optics: Optics) -> tuple[str, dict[str, Any]]:
+    """The model's path and metadata when the method or reference needs the network."""
+    from ..unet import default_model_path
+
+    model_path = str(Path(model) if model is not None else default_model_path())
+    if method in ("wiener", "rl") and reference != "refocused":
+        return model_path if model is not None else "", {}
+    # Loaded here: a missing, corrupt or ill-fitting model fails before any worker starts,
+    # and a model trained for other optics warns with both sets of numbers.
+    return model_path, _check_model(model_path, optics)
 
 
 def with_statuses(plan: RunPlan, statuses: np.ndarray | None,

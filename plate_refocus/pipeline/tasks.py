@@ -21,7 +21,8 @@ from ..plate import PlateLayout, read_plane, truth_plane
 from ..results import ResultsWriter
 from .compute import DepthSettings, process_depth
 
-__all__ = ["RunJob", "refocus_planes", "depth_task", "well_task", "well_graph"]
+__all__ = ["RunJob", "resolve_reference", "refocus_planes", "survey_task", "depth_task",
+           "well_task", "well_graph"]
 
 _MODEL_LOCK = threading.Lock()
 
@@ -65,7 +66,12 @@ def refocus_planes(planes: np.ndarray, model_path: str, sha256: str = "") -> np.
 
 @dataclasses.dataclass(frozen=True)
 class RunJob:
-    """What every task of a run needs: small and picklable (no pixels, no model)."""
+    """What every task of a run needs: small and picklable (no pixels, no model).
+
+    ``reference`` is what the user asked for (``"auto"``, ``"focal-plane"``,
+    ``"blind"``, ``"refocused"``); each well resolves it (:func:`resolve_reference`)
+    and ``settings.reference`` is then set per well.
+    """
 
     layout: PlateLayout
     channel: int
@@ -73,69 +79,138 @@ class RunJob:
     model_path: str
     model_sha256: str
     settings: DepthSettings
-    freq_size: int
+    freq: tuple[float, ...]
+    reference: str = "auto"
+
+    @property
+    def needs_survey(self) -> bool:
+        """Whether a well first looks for its in-focus plane (auto, none recorded, a stack)."""
+        return (self.reference == "auto" and self.layout.focal_plane is None
+                and self.layout.n_z > 1)
 
 
-def depth_task(job: RunJob, well: int, z: int) -> dict[str, Any]:
+def resolve_reference(job: RunJob, focus: dict[str, Any] | None) -> tuple[str, int | None, str]:
+    """``(reference, focal plane index or None, how it was chosen)`` for one well.
+
+    ``auto``: the plate's recorded in-focus plane, else the plane the survey found
+    in focus, else the blind estimate.
+    """
+    layout = job.layout
+    if job.reference in ("blind", "refocused"):
+        return job.reference, None, job.reference
+    if layout.focal_plane is not None:
+        return "focal-plane", layout.focal_plane, "focal-plane (recorded)"
+    if focus and focus.get("index") is not None:
+        return ("focal-plane", int(focus["index"]),
+                f"focal-plane (found, prominence {focus['prominence']:.2f})")
+    return "blind", None, "blind (no plane found in focus)" if focus else "blind"
+
+
+def _error(error: Exception) -> dict[str, str]:
+    return {"error": f"{type(error).__name__}: {error}"}
+
+
+def _read_usable(job: RunJob, well: int, z: int, missing: np.ndarray) -> list[np.ndarray | None]:
+    layout, c = job.layout, job.channel
+    return [None if missing[well, f, z] else read_plane(layout, well, f, c, z)
+            for f in range(layout.n_fields)]
+
+
+def survey_task(job: RunJob, well: int) -> dict[str, Any]:
+    """Find the well's in-focus plane from every plane's pooled power spectrum (or none)."""
+    try:
+        from ..focus import blind_defocus, find_focus, power_spectrum
+        from ..metrics import has_signal
+
+        layout, optics = job.layout, job.settings.optics
+        missing = layout.missing_mask(job.channel)
+        spectra, blind = [], []
+        for z in range(layout.n_z):
+            planes = [np.asarray(p, dtype=np.float32) for p in _read_usable(job, well, z, missing)
+                      if p is not None]
+            planes = [p for p in planes if np.isfinite(p).all() and has_signal(p)]
+            if not planes:
+                return {"index": None, "prominence": float("nan")}
+            spectra.append(power_spectrum(np.stack(planes), optics.pixel_size_um,
+                                          background=job.settings.background,
+                                          backend=job.settings.backend))
+            blind.append(blind_defocus(spectra[-1], optics))
+        found = find_focus(np.asarray(layout.z_um), spectra, optics, blind=blind)
+        if found is None:
+            return {"index": None, "prominence": float("nan")}
+        return {"index": int(found.index), "prominence": float(found.prominence)}
+    except Exception as error:  # noqa: BLE001 - a bad well must not cost the other wells
+        return _error(error)
+
+
+def depth_task(job: RunJob, well: int, z: int, focus: dict[str, Any] | None = None) -> dict[str, Any]:
     """One well at one depth: read, :func:`process_depth`, write the refocused planes.
 
     An error here (a corrupt chunk, a decode error, bad pixels) is caught and
     returned as ``{"error": ...}``: it belongs to this well, is recorded with
     it, and is not retried (retries are for lost workers, which Dask handles).
     """
+    if focus is not None and "error" in focus:
+        return focus
     try:
-        return _depth_task(job, well, z)
+        return _depth_task(job, well, z, focus)
     except Exception as error:  # noqa: BLE001 - a bad well must not cost the other wells
-        return {"error": f"{type(error).__name__}: {error}"}
+        return _error(error)
 
 
-def _depth_task(job: RunJob, well: int, z: int) -> dict[str, Any]:
+def _depth_task(job: RunJob, well: int, z: int, focus: dict[str, Any] | None) -> dict[str, Any]:
     layout, c = job.layout, job.channel
     missing = layout.missing_mask(c)
-    planes = [None if missing[well, f, z] else read_plane(layout, well, f, c, z)
-              for f in range(layout.n_fields)]
+    planes = _read_usable(job, well, z, missing)
+    reference, focal, how = resolve_reference(job, focus)
     references = None
-    if job.settings.reference == "focal-plane":
-        focal = layout.focal_plane
-        references = [None if missing[well, f, focal] else read_plane(layout, well, f, c, focal)
-                      for f in range(layout.n_fields)]
+    if reference == "focal-plane":
+        references = [planes[f] if z == focal else (
+            None if missing[well, f, focal] else read_plane(layout, well, f, c, focal))
+            for f in range(layout.n_fields)]
     truths = [truth_plane(layout, well, f, c) for f in range(layout.n_fields)]
     result = process_depth(
         planes, references=references, truths=truths if layout.ground_truth else None,
         refocus=lambda stack: refocus_planes(stack, job.model_path, job.model_sha256),
-        settings=job.settings, freq_size=job.freq_size,
+        settings=dataclasses.replace(job.settings, reference=reference),
+        freq=np.asarray(job.freq),
     )
     for f in range(layout.n_fields):
         job.writer.write_refocused(well, f, z, result.refocused[f])
-    return result.small()
+    return {**result.small(), "reference": how, "focal": -1 if focal is None else focal,
+            "prominence": float("nan") if not focus else focus.get("prominence", float("nan"))}
 
 
 def well_task(job: RunJob, well: int, *depths: dict[str, Any]) -> dict[str, Any]:
     """Write one well's per-depth results into its own chunks.
 
-    Returns ``{"flags": (F, Z) plane flags}``, or ``{"error": ...}`` (and writes
-    nothing) when a depth of the well failed.
+    Returns ``{"flags": (F, Z) plane flags, "record": the well's one-value
+    variables}`` (the client writes those, as they share one chunk), or
+    ``{"error": ...}`` (and writes nothing) when a depth of the well failed.
     """
     errors = [d["error"] for d in depths if "error" in d]
     if errors:
         return {"error": errors[0]}
     try:
-        return {"flags": _write_well(job, well, depths)}
+        flags = _write_well(job, well, depths)
     except Exception as error:  # noqa: BLE001
-        return {"error": f"{type(error).__name__}: {error}"}
+        return _error(error)
+    first = depths[0]
+    return {"flags": flags, "record": {"reference_used": first["reference"],
+                                       "focal_plane_used": first["focal"],
+                                       "focus_prominence": first["prominence"]}}
 
 
 def _write_well(job: RunJob, well: int, depths: Sequence[dict[str, Any]]) -> np.ndarray:
     quality = np.stack([d["quality"] for d in depths], axis=1)  # (F, Z, 2, 3)
     flags = np.stack([d["flags"] for d in depths], axis=1)  # (F, Z)
-    values = {
-        "otf_radial": np.stack([d["otf_radial"] for d in depths]),
-        "psf": np.stack([d["psf"] for d in depths]),
-        "defocus_um": np.array([d["defocus_um"] for d in depths]),
-        "defocus_err_um": np.array([d["defocus_err_um"] for d in depths]),
-        "sharpness": quality[..., 0],
-        "plane_flags": flags,
-    }
+    values = {name: np.stack([d[name] for d in depths]) for name in (
+        "otf_radial", "psf", "defocus_um", "defocus_err_um", "defocus_blind_um",
+        "defocus_blind_err_um")}
+    for name in ("consistency", "method_used"):
+        values[name] = np.stack([d[name] for d in depths], axis=1)  # (F, Z)
+    values["sharpness"] = quality[..., 0]
+    values["plane_flags"] = flags
     if job.layout.ground_truth:
         values["psnr"] = quality[..., 1]
         values["ssim"] = quality[..., 2]
@@ -147,12 +222,17 @@ def _write_well(job: RunJob, well: int, depths: Sequence[dict[str, Any]]) -> np.
 def well_graph(plan: Any, well: int, job: RunJob | None = None):
     """One well's work as a Delayed (nothing is computed).
 
-    ``n_z`` depth tasks (annotated with the GPU resource when asked) and one
-    task writing the well's per-depth results.
+    With ``reference="auto"`` on a stack that records no in-focus plane, a
+    survey task first looks for it; then ``n_z`` depth tasks (annotated with
+    the GPU resource when asked) and one task writing the well's results.
     """
     job = job if job is not None else plan.job
     tag = f"{well}-{dask.base.tokenize(job)[:8]}"
+    focus = None
+    if job.needs_survey:
+        focus = dask.delayed(survey_task, pure=False)(job, well, dask_key_name=f"survey-{tag}")
     with gpu_tasks(plan.gpu):
-        depths = [dask.delayed(depth_task, pure=False)(job, well, z, dask_key_name=f"depth-{tag}-{z}")
+        depths = [dask.delayed(depth_task, pure=False)(job, well, z, focus,
+                                                       dask_key_name=f"depth-{tag}-{z}")
                   for z in range(job.layout.n_z)]
     return dask.delayed(well_task, pure=False)(job, well, *depths, dask_key_name=f"well-{tag}")

@@ -45,6 +45,7 @@ from .names import (
     wells_for,
 )
 from .ngff import ATTRS_KEY, GROUND_TRUTH, compressor
+from .override import override_layout
 from .read import (
     PlateLayout,
     data_range,
@@ -78,6 +79,7 @@ __all__ = [
     "encode",
     "level_shapes",
     "open_refocused",
+    "override_layout",
     "refocused_plate",
     "write_field",
     "write_pyramid",

@@ -45,7 +45,7 @@ from __future__ import annotations
 from ..optics import radial_frequencies
 from .fit import Reference, fit_band, fit_defocus
 from .isotropic import expand_isotropic, isotropic_operator, project_isotropic
-from .recovery import AUTO_MU, PSFEstimate, estimate_psf, recover_psf
+from .recovery import AUTO_MU, PSFEstimate, estimate_psf, psf_from_profile, recover_psf
 from .spectra import (
     WINDOW_MODEL_BINS,
     FieldSpectra,
@@ -68,6 +68,7 @@ __all__ = [
     "fit_band",
     "recover_psf",
     "estimate_psf",
+    "psf_from_profile",
     "AUTO_MU",
     "WINDOW_MODEL_BINS",
     "Reference",

@@ -20,10 +20,10 @@ import scipy.sparse
 
 from ..optics import Optics, check_pixel_size, check_shape, radial_frequencies
 from .fit import REFERENCES, Reference, fit_defocus
-from .isotropic import operator_parts, solve_profile
+from .isotropic import expand_isotropic, operator_parts, solve_profile
 from .spectra import WINDOW_MODEL_BINS, WINDOW_TAPS, FieldSpectra, field_spectra
 
-__all__ = ["PSFEstimate", "recover_psf", "estimate_psf", "AUTO_MU"]
+__all__ = ["PSFEstimate", "recover_psf", "estimate_psf", "psf_from_profile", "AUTO_MU"]
 
 logger = logging.getLogger(__name__)
 
@@ -420,3 +420,26 @@ def estimate_psf(
     )
     shape = tuple(np.shape(references)[-2:])
     return recover_psf(spectra, shape, optics, reference=reference, mu=mu, psf_size=psf_size, **options)
+
+
+def psf_from_profile(
+    profile: np.ndarray, shape: tuple[int, int], pixel_size_um: float, *, psf_size: int = 33
+) -> np.ndarray:
+    """The centred spatial PSF (non-negative, sums to 1) of an isotropic OTF profile.
+
+    The same construction as :func:`recover_psf`'s ``psf``, for a profile that
+    was not recovered from pairs (e.g. the model OTF at a blind ``|z|``).
+
+    Parameters
+    ----------
+    profile : (F,) ndarray of float
+        On :func:`plate_refocus.optics.radial_frequencies` ``(shape, pixel_size_um)``.
+    shape : (int, int)
+    pixel_size_um : float
+    psf_size : int
+
+    Returns
+    -------
+    psf : (psf_size, psf_size) ndarray of float64
+    """
+    return _spatial_psf(expand_isotropic(profile, shape, pixel_size_um), tuple(shape), int(psf_size))
