@@ -46,7 +46,8 @@ def test_report_is_one_self_contained_page_and_leaves_the_store_alone(results, t
     shutil.copytree(path, copy)
     before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     files = write_report(copy, tmp_path / "report", well="A02")
-    assert set(files) == {"index", "summary"}
+    assert set(files) == {"index", "summary", "wells", "fields"}  # the tables beside the page
+    assert files["wells"].parent == tmp_path / "report" / "tables"
     page = files["index"].read_text()
     assert files["summary"].read_text() == format_summary(depth_summary(copy)) + "\n"
     # Everything is inside the page: figures as data URIs, no link to fetch.
