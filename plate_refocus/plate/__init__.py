@@ -24,10 +24,13 @@ plate group: ``optics`` (:meth:`Optics.to_dict`), ``camera`` (or null),
 anything passed as ``extra_attrs``.
 
 Modules: :mod:`.names` (plate formats and well names), :mod:`.ngff` (store
-conventions), :mod:`.write` (writing), :mod:`.read` (:class:`PlateLayout`,
-:func:`open_plate`, :func:`read_plane`), :mod:`.info` (summaries),
-:mod:`.refocused` and :mod:`.refocused_write` (a run's refocused plate:
-pyramids, uint16 or float32, shards; read back lazily by :func:`open_refocused`).
+conventions), :mod:`.write` (writing), :mod:`.read` (the metadata:
+:class:`PlateLayout`, :func:`read_layout`, :func:`read_plate_grid`), :mod:`.pixels`
+(:func:`read_plane`, :func:`truth_plane`, the per-process array cache), :mod:`.views`
+(lazy: :func:`open_plate`, :func:`open_ground_truth`, :func:`missing_planes`),
+:mod:`.info` (summaries), :mod:`.refocused` and :mod:`.refocused_write` (a run's
+refocused plate: pyramids, uint16 or float32, shards; read back lazily by
+:func:`open_refocused`).
 """
 
 from __future__ import annotations
@@ -46,17 +49,8 @@ from .names import (
 )
 from .ngff import ATTRS_KEY, GROUND_TRUTH, compressor
 from .override import override_layout
-from .read import (
-    PlateLayout,
-    data_range,
-    missing_planes,
-    open_ground_truth,
-    open_plate,
-    read_layout,
-    read_plane,
-    truth_plane,
-    warn_assumed_optics,
-)
+from .pixels import read_plane, truth_plane
+from .read import PlateLayout, data_range, read_layout, read_plate_grid, warn_assumed_optics
 from .refocused import (
     MISSING_UINT16,
     RefocusedPlate,
@@ -68,6 +62,7 @@ from .refocused import (
     refocused_plate,
 )
 from .refocused_write import create_refocused_plate, write_field, write_pyramid
+from .views import missing_planes, open_ground_truth, open_plate
 from .write import PlateTargets, create_plate, write_plate
 
 __all__ = [
@@ -102,6 +97,7 @@ __all__ = [
     "plate_info",
     "read_layout",
     "read_plane",
+    "read_plate_grid",
     "row_index",
     "row_name",
     "truth_plane",

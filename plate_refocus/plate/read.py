@@ -1,18 +1,18 @@
-"""Reading OME-Zarr HCS plates: the layout once, pixels plane by plane or as one lazy array.
+"""Reading an OME-Zarr HCS plate's metadata: the layout once, no pixels.
 
 :func:`read_layout` reads every piece of metadata a run needs (wells, fields,
 channels, z positions, optics, camera, focal plane, where each field's
 pixels live, which planes were missing at ingest) into one small, picklable
-:class:`PlateLayout`. Workers read pixels with :func:`read_plane` and
-:func:`truth_plane` from it; :func:`open_plate` wraps the same layout as a
-lazy ``xarray.DataArray``. Nothing else in the package knows the paths.
+:class:`PlateLayout`; :func:`read_plate_grid` reads only the physical plate's
+rows and columns. Workers read pixels from the layout with
+:func:`~plate_refocus.plate.pixels.read_plane`;
+:func:`~plate_refocus.plate.views.open_plate` wraps it as a lazy
+``xarray.DataArray``.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NotAPlateError, PlaneReadError, PlateLayoutError, PlateRefocusError
+from ..errors import NotAPlateError, PlateLayoutError, PlateRefocusError
 from ..optics import Optics
 from .ngff import ATTRS_KEY, GROUND_TRUTH, local_path, ome_metadata, open_root
 
@@ -28,11 +28,7 @@ __all__ = [
     "PlateLayout",
     "data_range",
     "read_layout",
-    "open_plate",
-    "read_plane",
-    "truth_plane",
-    "missing_planes",
-    "open_ground_truth",
+    "read_plate_grid",
     "warn_assumed_optics",
 ]
 
@@ -224,13 +220,32 @@ def _omero_labels(root, well_path: str, n_c: int) -> list[str]:
     return [f"c{i}" for i in range(n_c)]
 
 
+def _plate_metadata(root, name: str) -> tuple[dict[str, Any], Mapping[str, Any], str | None]:
+    """The root group's attributes, its NGFF ``plate`` metadata and the NGFF version."""
+    attrs = root.attrs.asdict()
+    ome, version = ome_metadata(attrs)
+    plate = ome.get("plate")
+    if not isinstance(plate, Mapping):
+        raise NotAPlateError(
+            f"{name!r} is a zarr group but not an OME-Zarr HCS plate (no 'plate' metadata); open "
+            "single images with zarr or xarray, or make a plate with `plate-refocus ingest`"
+        )
+    return attrs, plate, version
+
+
+def _plate_axes(plate_meta: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Row and column names of the physical plate, as its NGFF ``plate`` metadata lists them."""
+    rows = [str(r["name"]) for r in plate_meta.get("rows") or []]
+    columns = [str(c["name"]) for c in plate_meta.get("columns") or []]
+    return rows, columns
+
+
 def _wells(root, plate_meta: Mapping[str, Any], name: str) -> dict[str, Any]:
     """Per acquired well: name, row, column, field array paths; checks that fields agree."""
     wells_meta = plate_meta.get("wells") or []
     if not isinstance(wells_meta, list) or not wells_meta:
         raise PlateLayoutError(f"plate {name!r} lists no wells; it holds no images to open")
-    rows = [str(r["name"]) for r in plate_meta.get("rows") or []]
-    columns = [str(c["name"]) for c in plate_meta.get("columns") or []]
+    rows, columns = _plate_axes(plate_meta)
     wells_meta = sorted(wells_meta, key=lambda w: (int(w["rowIndex"]), int(w["columnIndex"])))
     out: dict[str, Any] = {"names": [], "rows": [], "columns": [], "arrays": [], "paths": [],
                            "reference": None, "plate_rows": rows, "plate_columns": columns,
@@ -370,22 +385,55 @@ def read_layout(path: str | os.PathLike, *, z_step_um: float | None = None) -> P
     except PlateRefocusError:
         raise
     except _MALFORMED as error:
-        raise NotAPlateError(
-            f"plate {name!r} has malformed OME-Zarr metadata ({type(error).__name__}: {error}); "
-            "check its plate, well and multiscales metadata against the NGFF spec, or rewrite it "
-            "with `plate-refocus ingest`"
-        ) from None
+        raise _malformed(name, error) from None
+
+
+def read_plate_grid(path: str | os.PathLike) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Row and column names of the physical plate, from the plate group's metadata only.
+
+    Reads the root group's attributes: no well, field or array is opened.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The plate's root folder (NGFF 0.5 / zarr v3 or NGFF 0.4 / zarr v2).
+
+    Returns
+    -------
+    rows, columns : tuple of str
+        Every row and column of the physical plate, in order: ``("A", ..., "H")``
+        and ``("1", ..., "12")`` for a 96-well plate; empty when the metadata
+        lists none.
+
+    Raises
+    ------
+    PlateNotFoundError, NotAPlateError
+        Nothing at the path, not a zarr group, no ``plate`` metadata, or its
+        rows or columns are malformed.
+    """
+    path = os.fspath(path) if isinstance(path, os.PathLike) else path
+    root = open_root(path)
+    name = str(path)
+    try:
+        _, plate, _ = _plate_metadata(root, name)
+        rows, columns = _plate_axes(plate)
+    except PlateRefocusError:
+        raise
+    except _MALFORMED as error:
+        raise _malformed(name, error) from None
+    return tuple(rows), tuple(columns)
+
+
+def _malformed(name: str, error: Exception) -> NotAPlateError:
+    return NotAPlateError(
+        f"plate {name!r} has malformed OME-Zarr metadata ({type(error).__name__}: {error}); "
+        "check its plate, well and multiscales metadata against the NGFF spec, or rewrite it "
+        "with `plate-refocus ingest`"
+    )
 
 
 def _layout(root, name: str, z_step_um: float | None) -> PlateLayout:
-    attrs = root.attrs.asdict()
-    ome, version = ome_metadata(attrs)
-    plate = ome.get("plate")
-    if not isinstance(plate, Mapping):
-        raise NotAPlateError(
-            f"{name!r} is a zarr group but not an OME-Zarr HCS plate (no 'plate' metadata); open "
-            "single images with zarr or xarray, or make a plate with `plate-refocus ingest`"
-        )
+    attrs, plate, version = _plate_metadata(root, name)
     wells = _wells(root, plate, name)
     axes, shape, dtype, scale, _ = wells["reference"]
     sizes = dict(zip(axes, shape, strict=True))
@@ -435,232 +483,3 @@ def warn_assumed_optics(layout: PlateLayout) -> None:
             "commands that need them",
             stacklevel=3,
         )
-
-
-# --- pixels -------------------------------------------------------------------------------------
-
-_ARRAYS_LOCK = threading.Lock()
-
-
-@functools.lru_cache(maxsize=64)
-def _array(path: str, token: str, array_path: str) -> Any:
-    """A zarr array of the plate, opened read-only once per process and plate version."""
-    import zarr
-    import zarr.storage
-
-    local = local_path(path)
-    store: Any = zarr.storage.LocalStore(local, read_only=True) if local is not None else path
-    return zarr.open_array(store, path=array_path, mode="r")
-
-
-def _chunk_key(array: Any, index: tuple) -> str:
-    try:
-        coords = tuple(0 if isinstance(i, slice) else int(i) for i in index)
-        return f"{array.path}/{array.metadata.encode_chunk_key(coords)}"
-    except Exception:  # noqa: BLE001 - only for the message
-        return array.path
-
-
-def read_plane(layout: PlateLayout, well: int, field: int, channel: int, z: int) -> np.ndarray:
-    """One ``(Y, X)`` plane, read straight from the plate (never written).
-
-    Raises
-    ------
-    PlaneReadError
-        The plane's chunk cannot be read or decoded; the message names the
-        well, field, plane and chunk file.
-    """
-    array_path = layout.field_arrays[well][field]
-    where = {"t": 0, "c": channel, "z": z}
-    index = tuple(where.get(axis, slice(None)) for axis in layout.field_axes)
-    with _ARRAYS_LOCK:
-        array = _array(layout.path, layout.token, array_path)
-    try:
-        return np.asarray(array[index])
-    except Exception as error:  # noqa: BLE001 - any decode/IO error names the chunk
-        raise PlaneReadError(
-            f"cannot read well {layout.wells[well]} field {field} channel "
-            f"{layout.channels[channel]!r} plane {z} of {layout.path!r} (chunk "
-            f"{_chunk_key(array, index)!r}): {type(error).__name__}: {error}; the file is damaged "
-            "or unreadable: restore it from the source (e.g. re-ingest the plate)"
-        ) from None
-
-
-@functools.lru_cache(maxsize=16)
-def _truth(path: str, token: str, well: int, field: int, channel: int) -> np.ndarray:
-    with _ARRAYS_LOCK:
-        array = _array(path, token, f"{GROUND_TRUTH}/in_focus")
-    truth = np.asarray(array[well, field, channel], dtype=np.float64)
-    truth.flags.writeable = False
-    return truth
-
-
-def truth_plane(layout: PlateLayout, well: int, field: int, channel: int) -> np.ndarray | None:
-    """A simulated field's ground-truth in-focus image (read once per worker), or None."""
-    if not layout.ground_truth:
-        return None
-    return _truth(layout.path, layout.token, well, field, channel)
-
-
-def missing_planes(plate: Any):
-    """Which planes of an ingested plate had no file and were written as zeros.
-
-    Parameters
-    ----------
-    plate : path, PlateLayout or xarray.DataArray
-        An ingested plate, its layout, or :func:`open_plate` of it.
-
-    Returns
-    -------
-    (well, field, c, z) xarray.DataArray of bool
-        True where the plane is missing; all False for a plate written
-        without gaps (or not by :func:`~plate_refocus.ingest.ingest`).
-    """
-    import xarray as xr
-
-    if isinstance(plate, (str, os.PathLike)):
-        layout = read_layout(plate)
-    elif isinstance(plate, PlateLayout):
-        layout = plate
-    elif isinstance(plate, xr.DataArray) and "source" in plate.attrs:
-        layout = read_layout(plate.attrs["source"])
-    else:
-        raise TypeError(f"plate must be a path, a PlateLayout or open_plate's DataArray, got {type(plate).__name__}")
-    mask = np.zeros((layout.n_wells, layout.n_fields, len(layout.channels), layout.n_z), dtype=bool)
-    for w, f, c, z in layout.missing:
-        if w < layout.n_wells and f < layout.n_fields and z < layout.n_z:
-            mask[w, f, c, z] = True
-    dims = ("well", "field", "c", "z")
-    coords = {"well": list(layout.wells), "field": np.arange(layout.n_fields),
-              "c": list(layout.channels), "z": np.arange(layout.n_z)}
-    return xr.DataArray(mask, dims=dims, coords=coords)
-
-
-# --- lazy views ---------------------------------------------------------------------------------
-
-
-def _lazy_field(layout: PlateLayout, well: int, field: int):
-    """A dask (c, z, y, x) view of one field, one chunk per plane."""
-    import dask.array as da
-    from dask.base import tokenize
-
-    with _ARRAYS_LOCK:
-        array = _array(layout.path, layout.token, layout.field_arrays[well][field])
-    axes = list(layout.field_axes)
-    chunks = tuple(array.shape[i] if a in ("y", "x") else 1 for i, a in enumerate(axes))
-    name = f"open_plate-{tokenize(layout.path, layout.token, layout.field_arrays[well][field])}"
-    data = da.from_array(array, chunks=chunks, lock=False, asarray=True, name=name, inline_array=True)
-    data = data[tuple(0 if a == "t" else slice(None) for a in axes)]
-    kept = [a for a in axes if a != "t"]
-    for position, axis in enumerate(("c", "z")):
-        if axis not in kept:
-            data = data[(slice(None),) * position + (None,)]
-            kept.insert(position, axis)
-    return data
-
-
-def open_plate(path: str | os.PathLike | PlateLayout, *, z_step_um: float | None = None):
-    """Open an OME-Zarr HCS plate lazily, as one labelled Dask-backed array.
-
-    Only metadata is read (the plate, well and image groups and the array
-    headers); pixels are read when the result is computed. The store is opened
-    read-only.
-
-    Parameters
-    ----------
-    path : str, path-like or PlateLayout
-        The plate's root folder (NGFF 0.5 / zarr v3 or NGFF 0.4 / zarr v2),
-        or its already read layout.
-    z_step_um : float, optional
-        See :func:`read_layout`.
-
-    Returns
-    -------
-    xarray.DataArray
-        Dims ``(well, field, c, z, y, x)``, one Dask chunk per ``(y, x)``
-        plane. Coordinates ``well`` ("A01"), ``row`` ("A") and ``column``
-        (1-based int) on ``well``, ``field`` (int), ``c`` (channel names),
-        ``z`` (plane index) with ``z_um``, ``y``/``x`` in um. Attributes
-        ``optics`` (dict), ``focal_plane`` (int or None), ``camera`` (dict,
-        when known), ``source``, ``ngff_version``, ``zarr_format``. A plate without a ``c`` or ``z``
-        axis gets one of length 1; a ``t`` axis of length 1 is dropped.
-        A plate without optics warns once, naming the values assumed.
-
-    Raises
-    ------
-    PlateNotFoundError
-        The path does not exist.
-    NotAPlateError
-        It is not a zarr group with OME-Zarr HCS ``plate`` metadata, or that
-        metadata is malformed.
-    PlateLayoutError
-        Wells or fields disagree in field count, shape, dtype or axes, a
-        field is a time series (t > 1), or the z positions are not distinct.
-    """
-    import dask.array as da
-    import xarray as xr
-
-    layout = path if isinstance(path, PlateLayout) else read_layout(path, z_step_um=z_step_um)
-    warn_assumed_optics(layout)
-    data = da.stack([
-        da.stack([_lazy_field(layout, w, f) for f in range(layout.n_fields)])
-        for w in range(layout.n_wells)
-    ])
-    ny, nx = layout.shape
-    attrs: dict[str, Any] = {
-        "optics": layout.optics.to_dict(),
-        "focal_plane": layout.focal_plane,
-        "source": layout.path,
-        "ngff_version": layout.ngff_version,
-        "zarr_format": layout.zarr_format,
-    }
-    if layout.camera:
-        attrs["camera"] = dict(layout.camera)
-    dx = layout.optics.pixel_size_um
-    return xr.DataArray(
-        data,
-        dims=("well", "field", "c", "z", "y", "x"),
-        coords={
-            "well": list(layout.wells),
-            "row": ("well", list(layout.rows)),
-            "column": ("well", np.asarray(layout.columns, dtype=int)),
-            "field": np.arange(layout.n_fields),
-            "c": list(layout.channels),
-            "z": np.arange(layout.n_z),
-            "z_um": ("z", np.asarray(layout.z_um, dtype=float)),
-            "y": np.arange(ny) * float(dx),
-            "x": np.arange(nx) * float(dx),
-        },
-        attrs=attrs,
-        name="images",
-    )
-
-
-def open_ground_truth(path: str | os.PathLike):
-    """The simulation ground truth stored with a plate, lazily, or None.
-
-    Returns
-    -------
-    xarray.Dataset or None
-        ``object`` and ``in_focus`` (well, field, c, y, x) float32, ``otf_radial``
-        (z, freq) float64, with the plate's coordinates and ``freq`` in
-        cycles/um; None when the plate has no ground truth.
-    """
-    import dask.array as da
-    import xarray as xr
-
-    plate = open_plate(path)
-    root = open_root(path)
-    if GROUND_TRUTH not in root:
-        return None
-    group = root[GROUND_TRUTH]
-    variables = {}
-    dims = {"object": ("well", "field", "c", "y", "x"), "in_focus": ("well", "field", "c", "y", "x"),
-            "otf_radial": ("z", "freq")}
-    for key, dim in dims.items():
-        array = group[key]
-        chunks = tuple(1 if d in ("well", "field", "c") else n for d, n in zip(dim, array.shape, strict=True))
-        variables[key] = (dim, da.from_array(array, chunks=chunks, lock=False, inline_array=True))
-    coords = {k: v for k, v in plate.coords.items() if set(v.dims) <= {"well", "field", "c", "z", "y", "x"}}
-    coords["freq"] = ("freq", np.asarray(group["freq"][...], dtype=float), {"units": "cycles/um"})
-    return xr.Dataset(variables, coords=coords, attrs={"source": str(path)})

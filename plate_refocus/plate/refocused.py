@@ -338,7 +338,7 @@ def open_refocused(path: str | os.PathLike):
     import dask.array as da
     import xarray as xr
 
-    from .read import open_plate
+    from .views import open_plate
 
     handle = refocused_plate(path)
     stored = open_plate(os.fspath(path)).isel(c=0)

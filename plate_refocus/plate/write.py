@@ -258,17 +258,33 @@ def create_plate(
 
 def _create_groups_and_arrays(path, shape, dtype, wells, positions, rows, columns, *, optics, z_um,
                               channel_names, focal_plane, camera, ngff_version, gt, extra_attrs):
+    """The plate group with its metadata, then each field's array, then the ground truth."""
     import zarr
 
-    n_wells, n_fields, n_c, n_z, ny, nx = shape
     fmt = 3 if ngff_version == "0.5" else 2
-    step = z_step(z_um)
     camera = camera.to_dict() if hasattr(camera, "to_dict") else (dict(camera) if camera else None)
-    bits = (camera or {}).get("bit_depth")
-    max_value = 2 ** int(bits) - 1 if bits else (
-        np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0)
+    plate_meta = _plate_metadata(path, positions, rows, columns, shape[1], ngff_version)
+    ours: dict[str, Any] = {
+        "metadata_version": METADATA_VERSION,
+        "optics": optics.to_dict(),
+        "camera": camera,
+        "focal_plane": None if focal_plane is None else int(focal_plane),
+        "z_um": z_um,
+        "channel_names": channel_names,
+        "ground_truth": GROUND_TRUTH if gt else None,
+        "written_by": "write_plate",
+        **dict(extra_attrs or {}),
+    }
+    root = zarr.open_group(zarr.storage.LocalStore(path), mode="w-", zarr_format=fmt,
+                           attributes={**wrap_ome({"plate": plate_meta}, ngff_version), ATTRS_KEY: ours})
+    fields = _field_arrays(root, shape, dtype, wells, positions, rows, optics=optics, z_um=z_um,
+                           channel_names=channel_names, camera=camera, ngff_version=ngff_version)
+    gt_targets = _ground_truth_targets(root, gt, shape, wells, channel_names, z_um, fmt) if gt else {}
+    return PlateTargets(path, fields, gt_targets)
 
-    store = zarr.storage.LocalStore(path)
+
+def _plate_metadata(path: Path, positions, rows, columns, n_fields: int, ngff_version: str) -> dict:
+    """The NGFF ``plate`` metadata: every row and column of the physical plate, the wells."""
     plate_meta: dict[str, Any] = {
         "name": path.stem,
         "rows": [{"name": r} for r in rows],
@@ -283,25 +299,29 @@ def _create_groups_and_arrays(path, shape, dtype, wells, positions, rows, column
     # NGFF 0.5 moved the version to the "ome" key; ome-zarr-models still warns when the plate
     # itself lacks one, and readers ignore it, so it is written in both layouts.
     plate_meta["version"] = ngff_version
-    ours: dict[str, Any] = {
-        "metadata_version": METADATA_VERSION,
-        "optics": optics.to_dict(),
-        "camera": camera,
-        "focal_plane": None if focal_plane is None else int(focal_plane),
-        "z_um": z_um,
-        "channel_names": channel_names,
-        "ground_truth": GROUND_TRUTH if gt else None,
-        "written_by": "write_plate",
-        **dict(extra_attrs or {}),
-    }
-    root = zarr.open_group(store, mode="w-", zarr_format=fmt,
-                           attributes={**wrap_ome({"plate": plate_meta}, ngff_version), ATTRS_KEY: ours})
+    return plate_meta
 
-    array_kwargs: dict[str, Any] = {"compressors": compressor(fmt)}
+
+def _array_kwargs(fmt: int, dims: list[str]) -> dict[str, Any]:
+    """Compression and chunk-key encoding of an array, with its dimension names on zarr v3."""
+    kwargs: dict[str, Any] = {"compressors": compressor(fmt)}
     if fmt == 2:
-        array_kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+        kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
     else:
-        array_kwargs["dimension_names"] = ["c", "z", "y", "x"]
+        kwargs["dimension_names"] = dims
+    return kwargs
+
+
+def _field_arrays(root, shape, dtype, wells, positions, rows, *, optics, z_um, channel_names,
+                  camera, ngff_version) -> list[list[Any]]:
+    """Each well's group and, in it, each field's image group and empty (c, z, y, x) array."""
+    _, n_fields, n_c, n_z, ny, nx = shape
+    fmt = 3 if ngff_version == "0.5" else 2
+    step = z_step(z_um)
+    bits = (camera or {}).get("bit_depth")
+    max_value = 2 ** int(bits) - 1 if bits else (
+        np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0)
+    array_kwargs = _array_kwargs(fmt, ["c", "z", "y", "x"])
     fields: list[list[Any]] = []
     for w, (well, (r, c)) in enumerate(zip(wells, positions, strict=True)):
         row_group = root.require_group(rows[r])
@@ -319,28 +339,29 @@ def _create_groups_and_arrays(path, shape, dtype, wells, positions, rows, column
                 fill_value=0, **array_kwargs,
             )
             fields[w].append(target)
+    return fields
 
+
+def _ground_truth_targets(root, gt, shape, wells, channel_names, z_um, fmt: int) -> dict[str, Any]:
+    """The ground-truth group's empty arrays: object, in_focus, otf_radial, freq."""
+    ny, nx = shape[-2:]
+    gt_group = root.create_group(GROUND_TRUTH, attributes={
+        "description": "simulation ground truth: object and in-focus image per field, true OTF per depth",
+        "wells": wells, "channel_names": channel_names, "z_um": z_um,
+    })
     gt_targets: dict[str, Any] = {}
-    if gt:
-        gt_group = root.create_group(GROUND_TRUTH, attributes={
-            "description": "simulation ground truth: object and in-focus image per field, true OTF per depth",
-            "wells": wells, "channel_names": channel_names, "z_um": z_um,
-        })
-        for key, dims, chunks in (
-            ("object", ["well", "field", "c", "y", "x"], (1, 1, 1, ny, nx)),
-            ("in_focus", ["well", "field", "c", "y", "x"], (1, 1, 1, ny, nx)),
-            ("otf_radial", ["z", "freq"], None),
-            ("freq", ["freq"], None),
-        ):
-            gt_dtype = np.float64 if key in ("otf_radial", "freq") else np.float32
-            kwargs = dict(array_kwargs)
-            kwargs.pop("dimension_names", None)
-            if fmt == 3:
-                kwargs["dimension_names"] = dims
-            gt_targets[key] = gt_group.create_array(
-                key, shape=tuple(gt[key]), chunks=chunks or tuple(gt[key]), dtype=gt_dtype,
-                fill_value=0, attributes={"_ARRAY_DIMENSIONS": dims} if fmt == 2 else None, **kwargs,
-            )
-    return PlateTargets(path, fields, gt_targets)
+    for key, dims, chunks in (
+        ("object", ["well", "field", "c", "y", "x"], (1, 1, 1, ny, nx)),
+        ("in_focus", ["well", "field", "c", "y", "x"], (1, 1, 1, ny, nx)),
+        ("otf_radial", ["z", "freq"], None),
+        ("freq", ["freq"], None),
+    ):
+        gt_dtype = np.float64 if key in ("otf_radial", "freq") else np.float32
+        gt_targets[key] = gt_group.create_array(
+            key, shape=tuple(gt[key]), chunks=chunks or tuple(gt[key]), dtype=gt_dtype,
+            fill_value=0, attributes={"_ARRAY_DIMENSIONS": dims} if fmt == 2 else None,
+            **_array_kwargs(fmt, dims),
+        )
+    return gt_targets
 
 
