@@ -150,6 +150,106 @@ def _restore(plane: np.ndarray, blur: Any, method: str, noise: Any) -> np.ndarra
     return richardson_lucy(plane, blur, noise=noise).image
 
 
+@dataclasses.dataclass
+class _Planes:
+    """The well's planes at one depth, sorted: which are present, usable and carry signal."""
+
+    raw: dict[int, np.ndarray]  # field -> float32 plane, for the present ones
+    present: list[int]
+    signal: list[int]
+    flags: np.ndarray
+    shape: tuple[int, int]
+
+
+def _sort_planes(planes: Sequence[np.ndarray | None]) -> _Planes:
+    from ..metrics import has_signal
+
+    flags = np.zeros(len(planes), dtype=np.uint8)
+    present = []
+    for f, plane in enumerate(planes):
+        if plane is None:
+            flags[f] |= PLANE_MISSING
+        elif not _usable(plane):
+            flags[f] |= PLANE_NONFINITE
+        else:
+            present.append(f)
+    raw = {f: np.asarray(planes[f], dtype=np.float32) for f in present}
+    signal = [f for f in present if has_signal(raw[f])]
+    for f in set(present) - set(signal):
+        flags[f] |= PLANE_NO_SIGNAL
+    shape = next((p.shape for p in planes if p is not None), (0, 0))
+    return _Planes(raw, present, signal, flags, shape)
+
+
+def _reference(ps: _Planes, settings: DepthSettings, freq: np.ndarray, blind: Any,
+               net: dict[int, np.ndarray], references: Sequence[np.ndarray | None] | None):
+    """``(otf_radial, psf, |z|, its error, blur to restore or None)`` against the reference."""
+    from ..deconvolve import Blur
+    from ..focus import restoration_depth
+    from ..metrics import has_signal
+    from ..psf import psf_from_profile
+
+    optics = settings.optics
+    profile = np.full(freq.size, np.nan)
+    psf = np.full((settings.psf_size, settings.psf_size), np.nan)
+    if settings.reference in ("focal-plane", "refocused"):
+        pairs = []
+        for f in ps.signal:
+            ref = net[f] if settings.reference == "refocused" else (
+                references[f] if references is not None else None)
+            if not _usable(ref) or not has_signal(np.asarray(ref, dtype=np.float32)):
+                ps.flags[f] |= PLANE_NO_REFERENCE
+                continue
+            pairs.append((np.asarray(ref, dtype=np.float32), ps.raw[f]))
+        if not pairs:
+            return profile, psf, np.nan, np.nan, None
+        est = _measured(pairs, ps.shape, settings)
+        z, z_err = float(est.defocus_um), float(est.defocus_err_um)
+        # Restore with the model OTF at the |z| measured against the reference: the measured
+        # profile itself, pooled over a few fields, is too noisy for Richardson-Lucy (on 192-px
+        # simulated fields, 3 fields: -3..+7 dB against +6..+12 dB with the model at the fitted
+        # |z|; README). A |z| within two errors of 0 is not restored.
+        blur = Blur.model(optics, z) if np.isfinite(z) and z > 2 * max(z_err, 0.0) else None
+        return np.asarray(est.otf_radial, float), np.asarray(est.psf, float), z, z_err, blur
+    if blind is None:
+        return profile, psf, np.nan, np.nan, None
+    depth = restoration_depth(blind)
+    profile = _relative_model(freq, depth, optics)
+    psf = psf_from_profile(profile, ps.shape, optics.pixel_size_um, psf_size=settings.psf_size)
+    blur = Blur.model(optics, depth) if depth > 0 else None  # not identifiable: leave it
+    return profile, psf, float(blind.defocus_um), float(blind.defocus_err_um), blur
+
+
+def _refocus(ps: _Planes, settings: DepthSettings, net: dict[int, np.ndarray], blur: Any,
+             noise: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(refocused, method_used, consistency)`` of every field by the settings' method."""
+    from ..deconvolve import CONSISTENCY_LIMIT, Blur, consistency
+
+    n = ps.flags.size
+    refocused = np.full((n, *ps.shape), np.nan, dtype=np.float32)
+    method_used = np.full(n, -1, dtype=np.int8)
+    trust = np.full(n, np.nan)
+    check = blur if blur is not None else Blur.model(settings.optics, 0.0)
+    method = settings.method
+    for f in ps.present:
+        out, code = ps.raw[f], METHOD_IDENTITY
+        physics = method in ("wiener", "rl", "hybrid")
+        if method in ("unet", "hybrid"):
+            out, code = net[f], METHOD_UNET
+        if method == "hybrid" and f in ps.signal:
+            physics = consistency(ps.raw[f], net[f], check, noise=noise) > CONSISTENCY_LIMIT
+        if physics:
+            if blur is not None and f in ps.signal:
+                out = _restore(ps.raw[f], blur, "wiener" if method == "wiener" else "rl", noise)
+                code = METHOD_WIENER if method == "wiener" else METHOD_RL
+            else:
+                out, code = ps.raw[f], METHOD_IDENTITY
+        refocused[f], method_used[f] = out, code
+        if f in ps.signal:
+            trust[f] = consistency(ps.raw[f], out, check, noise=noise)
+    return refocused, method_used, trust
+
+
 def process_depth(
     planes: Sequence[np.ndarray | None],
     *,
@@ -181,92 +281,23 @@ def process_depth(
     -------
     DepthResult
     """
-    from ..deconvolve import CONSISTENCY_LIMIT, Blur, consistency
-    from ..focus import restoration_depth
-    from ..metrics import has_signal, plane_quality
-    from ..psf import psf_from_profile
+    from ..metrics import plane_quality
 
-    n, optics = len(planes), settings.optics
-    flags = np.zeros(n, dtype=np.uint8)
-    present = []
-    for f, plane in enumerate(planes):
-        if plane is None:
-            flags[f] |= PLANE_MISSING
-        elif not _usable(plane):
-            flags[f] |= PLANE_NONFINITE
-        else:
-            present.append(f)
-    shape = next((p.shape for p in planes if p is not None), (0, 0))
-    raw = {f: np.asarray(planes[f], dtype=np.float32) for f in present}
-    signal = [f for f in present if has_signal(raw[f])]
-    for f in set(present) - set(signal):
-        flags[f] |= PLANE_NO_SIGNAL
-    blind = _blind([raw[f] for f in signal], settings)
-    noise = _noise_model(settings, [raw[f] for f in signal], blind)
-    need_net = settings.method in ("unet", "hybrid") or settings.reference == "refocused"
+    ps = _sort_planes(planes)
+    blind = _blind([ps.raw[f] for f in ps.signal], settings)
+    noise = _noise_model(settings, [ps.raw[f] for f in ps.signal], blind)
     net = {}
-    if need_net and present:
-        net = dict(zip(present, refocus(np.stack([planes[f] for f in present])), strict=True))
-
-    # the reference: the well's measured OTF, or the model at the blind |z|
-    profile = np.full(freq.size, np.nan)
-    psf = np.full((settings.psf_size, settings.psf_size), np.nan)
-    z = z_err = np.nan
-    blur = None
-    if settings.reference in ("focal-plane", "refocused"):
-        pairs = []
-        for f in signal:
-            ref = net[f] if settings.reference == "refocused" else (
-                references[f] if references is not None else None)
-            if not _usable(ref) or not has_signal(np.asarray(ref, dtype=np.float32)):
-                flags[f] |= PLANE_NO_REFERENCE
-                continue
-            pairs.append((np.asarray(ref, dtype=np.float32), raw[f]))
-        if pairs:
-            est = _measured(pairs, shape, settings)
-            profile, psf = np.asarray(est.otf_radial, float), np.asarray(est.psf, float)
-            z, z_err = float(est.defocus_um), float(est.defocus_err_um)
-            # Restore with the model OTF at the |z| measured against the reference: the measured
-            # profile itself, pooled over a few fields, is too noisy for Richardson-Lucy (on
-            # 192-px simulated fields, 3 fields: -3..+7 dB against +6..+12 dB with the model at
-            # the fitted |z|; README). A |z| within two errors of 0 is not restored.
-            if np.isfinite(z) and z > 2 * max(z_err, 0.0):
-                blur = Blur.model(optics, z)
-    elif blind is not None:
-        z, z_err = float(blind.defocus_um), float(blind.defocus_err_um)
-        depth = restoration_depth(blind)
-        profile = _relative_model(freq, depth, optics)
-        psf = psf_from_profile(profile, shape, optics.pixel_size_um, psf_size=settings.psf_size)
-        blur = Blur.model(optics, depth) if depth > 0 else None  # not identifiable: leave it
-
-    # the refocus, and how well each output explains its plane
-    refocused = np.full((n, *shape), np.nan, dtype=np.float32)
-    method_used = np.full(n, -1, dtype=np.int8)
-    trust = np.full(n, np.nan)
-    check = blur if blur is not None else Blur.model(optics, 0.0)
-    for f in present:
-        physics = settings.method in ("wiener", "rl", "hybrid")
-        out, code = raw[f], METHOD_IDENTITY
-        if settings.method in ("unet", "hybrid"):
-            out, code = net[f], METHOD_UNET
-        if settings.method == "hybrid" and f in signal:
-            physics = consistency(raw[f], net[f], check, noise=noise) > CONSISTENCY_LIMIT
-        if physics and settings.method != "unet":
-            if blur is not None and f in signal:
-                out = _restore(raw[f], blur, "wiener" if settings.method == "wiener" else "rl", noise)
-                code = METHOD_WIENER if settings.method == "wiener" else METHOD_RL
-            else:
-                out, code = raw[f], METHOD_IDENTITY
-        refocused[f], method_used[f] = out, code
-        if f in signal:
-            trust[f] = consistency(raw[f], out, check, noise=noise)
-    quality = np.full((n, 2, 3), np.nan)
-    for f in present:
+    if (settings.method in ("unet", "hybrid") or settings.reference == "refocused") and ps.present:
+        net = dict(zip(ps.present, refocus(np.stack([planes[f] for f in ps.present])), strict=True))
+    profile, psf, z, z_err, blur = _reference(ps, settings, freq, blind, net, references)
+    refocused, method_used, trust = _refocus(ps, settings, net, blur, noise)
+    quality = np.full((len(planes), 2, 3), np.nan)
+    for f in ps.present:
         truth = truths[f] if truths is not None else None
-        quality[f] = plane_quality(raw[f], refocused[f], truth, data_range=settings.data_range)
+        quality[f] = plane_quality(ps.raw[f], refocused[f], truth, data_range=settings.data_range)
     return DepthResult(
         refocused=refocused, otf_radial=profile, psf=psf, defocus_um=z, defocus_err_um=z_err,
         defocus_blind_um=float(blind.defocus_um) if blind is not None else np.nan,
         defocus_blind_err_um=float(blind.defocus_err_um) if blind is not None else np.nan,
-        quality=quality, consistency=trust, method_used=method_used, flags=flags,
+        quality=quality, consistency=trust, method_used=method_used, flags=ps.flags,
     )
