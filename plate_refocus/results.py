@@ -495,7 +495,8 @@ def format_results_info(info: Mapping[str, Any]) -> str:
         f"results      {info['path']} ({info['format']})",
         f"source plate {info['source_plate']} (channel {info['channel']})",
         f"method       {info['method']}, PSF reference {info['reference']}",
-        f"model        {info['model_name']} ({str(info['model_sha256'])[:12]})",
+        f"model        {info['model_name']} ({str(info['model_sha256'])[:12]})" if info["model_name"]
+        else "model        none (the method uses no network)",
         f"created      {info['created']} by: {info['command_line']}",
         f"wells        {len(info['done'])} of {info['wells']} done"
         + (f"; FAILED: {wells(info['failed'])}" if info["failed"] else "")

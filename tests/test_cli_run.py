@@ -55,7 +55,7 @@ def test_run_prints_dashboard_progress_and_summary(tiny_plate, tiny_model, tmp_p
     assert "dashboard: http://" in done.stdout
     assert "2/2 wells" in done.stderr
     assert "done: 2 wells computed of 2; 4 fields, 12 planes" in done.stdout
-    assert f"xr.open_zarr({str(out)!r})" in done.stdout
+    assert f"pr.open_results({str(out)!r})" in done.stdout
     assert "2/2 wells" in done.stderr and "done)" in done.stderr  # the progress line's ETA slot
     assert open_results(out)["refocused"].sizes["well"] == 2
     log = (out / "run.log").read_text()

@@ -81,7 +81,8 @@ def _print_summary(summary) -> None:
               "only the failed wells")
     print(f"results: {summary.out} (refocused plate: {summary.out / 'refocused'}; tables: "
           f"{summary.out / 'tables'})")
-    print(f'open them with:  python -c "import xarray as xr; print(xr.open_zarr({str(summary.out)!r}))"')
+    print(f'open them with:  python -c "import plate_refocus as pr; '
+          f'print(pr.open_results({str(summary.out)!r}))"')
 
 
 def run_run(args: argparse.Namespace) -> int:
