@@ -195,3 +195,42 @@ def test_cli_evaluate_missing_model(tiny_plate, tmp_path, capsys):
 
     assert main(["evaluate", str(tiny_plate), "--model", str(tmp_path / "none.keras")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_fine_tuning_starts_from_a_model_on_real_fields(tiny_model, tmp_path, capsys):
+    """``train --init MODEL --target focal-plane`` on a z-stack made of the real BBBC006 fields
+    (their nuclei blurred by the optical model: a real-cell stack with a known in-focus plane)."""
+    import tifffile
+
+    from plate_refocus.cli import main
+    from plate_refocus.optics import Optics, defocus_otf
+    from plate_refocus.plate import write_plate
+    from tests.test_ingest import SAMPLE, needs_sample
+
+    if not (SAMPLE / "BBBC006_v1_images_z_00").is_dir():
+        pytest.skip(needs_sample.kwargs["reason"])
+    files = sorted((SAMPLE / "BBBC006_v1_images_z_00").glob("*.tif"))[:4]
+    optics, depths = Optics(), (0.0, 4.0, 10.0)
+    rng = np.random.default_rng(0)
+    stacks = []
+    for path in files:
+        field = tifffile.imread(path)[100:196, 100:196].astype(np.float64)
+        spectrum = np.fft.rfft2(field - field.min())
+        planes = [np.fft.irfft2(spectrum * defocus_otf(field.shape, z, optics, real=True), s=field.shape)
+                  for z in depths]
+        stacks.append([np.clip(rng.poisson(np.clip(p, 0, None)) + 100, 0, 4095) for p in planes])
+    images = np.asarray(stacks, dtype=np.uint16).reshape(2, 2, 1, len(depths), 96, 96)
+    plate = write_plate(tmp_path / "real.zarr", images, ["A01", "A02"], optics=optics,
+                        z_um=list(depths), channel_names=["Hoechst"], plate_rows=8, plate_columns=12,
+                        focal_plane=0, camera={"bit_depth": 12, "offset": 100.0})
+    out = tmp_path / "tuned.keras"
+    status = main(["train", str(plate), "--out", str(out), "--init", str(tiny_model),
+                   "--target", "focal-plane", "--patch", "32", "--batch-size", "2",
+                   "--steps-per-epoch", "2", "--epochs", "1", "--validation-patches", "3"])
+    assert status == 0, capsys.readouterr().err
+    assert "fine-tuning" in capsys.readouterr().out
+    start, tuned = load_model(tiny_model), load_model(out)
+    assert tuned.info.config == start.info.config
+    assert tuned.info.training["init"]["sha256"] == start.info.sha256
+    assert tuned.info.training["target"] == "focal-plane"
+    assert not np.allclose(tuned.keras_model.get_weights()[0], start.keras_model.get_weights()[0])

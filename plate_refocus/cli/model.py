@@ -69,6 +69,11 @@ def add_train(subparsers) -> None:
     fit.add_argument("--name", default=None, help="model name (default: the file name)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing model at --out (only a model of plate-refocus train)")
+    p.add_argument("--init", metavar="MODEL", default=None,
+                   help="fine-tune this model (e.g. plate_refocus/models/default.keras) instead of "
+                   "starting from random weights; its architecture is kept (the network flags are "
+                   "ignored). With --target focal-plane on an ingested z-stack this adapts it to a "
+                   "facility's own cells and objective")
     p.set_defaults(func=run_train)
 
 
@@ -105,9 +110,13 @@ def run_train(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:
         print(f"plate-refocus train: error: {error}", file=sys.stderr)
         return 2
-    print(f"training {config} on {args.plate} -> {args.out}", flush=True)
+    if args.init:
+        config = None  # fine-tuning keeps the architecture of the model it starts from
+        print(f"fine-tuning {args.init} on {args.plate} -> {args.out}", flush=True)
+    else:
+        print(f"training {config} on {args.plate} -> {args.out}", flush=True)
     model = train_plate(
-        args.plate, args.out, config=config, train=train, target=args.target,
+        args.plate, args.out, config=config, train=train, target=args.target, init=args.init,
         focal_index=args.focal_index, depths_um=args.depths, name=args.name,
         command=_train_command(args),
         progress=lambda record: print(format_progress(record), flush=True),

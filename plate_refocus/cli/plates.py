@@ -231,8 +231,11 @@ def installation_info() -> dict:
     model = {"path": str(path), "present": path.exists()}
     if path.exists():
         info = read_model_info(path)
+        training = info.training or {}
         model.update(name=info.name, sha256=info.sha256, optics=info.optics.to_dict(),
-                     depths_um=list(info.depths_um))
+                     depths_um=list(info.depths_um),
+                     trained_on={key: training.get(key) for key in ("plate", "target", "steps")},
+                     fine_tuned_from=(training.get("init") or {}).get("name"))
     return {"plate_refocus": __version__, "python": platform.python_version(),
             "packages": versions, "gpu": gpu_available(), "default_model": model}
 
@@ -255,6 +258,11 @@ def run_info(args: argparse.Namespace) -> int:
         if model["present"]:
             print(f"  default model: {model['name']} ({model['sha256'][:12]}), trained for "
                   f"{model['optics']}, depths {model['depths_um']} um")
+            trained = model["trained_on"]
+            print(f"    trained on {trained['plate']} (target {trained['target']}, "
+                  f"{trained['steps']} steps)"
+                  + (f", fine-tuned from {model['fine_tuned_from']}" if model["fine_tuned_from"] else "")
+                  + "; used by --method unet and hybrid (the default method, rl, uses no network)")
         else:
             print(f"  default model: MISSING at {model['path']}; pass --model to run/evaluate")
         return 0

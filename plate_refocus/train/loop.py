@@ -135,6 +135,7 @@ def train_model(
     training_info: dict[str, Any] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     overwrite: bool = False,
+    init: str | os.PathLike | None = None,
 ) -> RefocusModel:
     """Train a U-Net on (defocused plane -> target) pairs and save the best model to ``out``.
 
@@ -165,12 +166,20 @@ def train_model(
         Replace an existing model at ``out`` (only one written by this project:
         a ``.keras`` with its metadata ``.json``). It is replaced when the first
         checkpoint is saved.
+    init : path, optional
+        Fine-tune this model (e.g. the shipped one) instead of starting from
+        random weights: its architecture is kept (``config`` must match it or
+        be left out), its weights are the start, and its name and hash are
+        recorded in the new model's training metadata.
 
     Returns
     -------
     RefocusModel
         The model with the best validation loss, as saved to ``out``.
     """
+    start_from = _initial_model(init, config)
+    if start_from is not None:
+        config = start_from.info.config
     config = UNetConfig() if config is None else config
     train = TrainConfig() if train is None else train
     out, depth_um, planes = _check_arguments(images, depth_um, out, config, train, depths_um, overwrite)
@@ -191,7 +200,11 @@ def train_model(
         tf.config.experimental.enable_op_determinism()
 
     sampler, val, train_wells, val_wells = training_data(images, targets, planes, train)
-    model = build_unet(config, seed=train.seed)
+    model = start_from.keras_model if start_from is not None else build_unet(config, seed=train.seed)
+    if start_from is not None:
+        training_info = {**(training_info or {}), "init": {
+            "name": start_from.info.name, "sha256": start_from.info.sha256,
+            "optics": start_from.info.optics.to_dict(), "depths_um": list(start_from.info.depths_um)}}
     optimizer = keras.optimizers.Adam(learning_rate=train.learning_rate)
     model.compile(optimizer=optimizer, loss=_mse_loss if train.loss == "mse" else _ssim_mse_loss)
     info = ModelInfo(
@@ -226,6 +239,21 @@ def train_model(
     final.info = dataclasses.replace(final.info, metrics={**final.info.metrics, "history": history})
     save_model(final, out)
     return final
+
+
+def _initial_model(init: Any, config: UNetConfig | None) -> RefocusModel | None:
+    """The model to fine-tune, checked against an explicitly given architecture."""
+    from ..errors import ModelError
+
+    if init is None:
+        return None
+    model = load_model(init)
+    if config is not None and config != model.info.config:
+        raise ModelError(
+            f"--init {str(init)!r} has the architecture {model.info.config}, not {config}; leave "
+            "the network flags out to fine-tune it as it is"
+        )
+    return model
 
 
 def _check_arguments(
@@ -393,8 +421,9 @@ def train_plate(
     command: str | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     overwrite: bool = False,
+    init: str | os.PathLike | None = None,
 ) -> RefocusModel:
-    """Train on an OME-Zarr plate; what ``plate-refocus train`` runs.
+    """Train (or with ``init`` fine-tune) on an OME-Zarr plate; what ``plate-refocus train`` runs.
 
     Parameters
     ----------
@@ -410,6 +439,9 @@ def train_plate(
     progress : callable, optional
     overwrite : bool
         Replace an existing model at ``out`` (see :func:`train_model`).
+    init : path, optional
+        A model to fine-tune (see :func:`train_model`), e.g. the shipped model
+        on a facility's own z-stacks with ``target="focal-plane"``.
 
     Returns
     -------
@@ -418,7 +450,8 @@ def train_plate(
     plate = Path(plate)
     if Path(out).suffix != ".keras":
         raise ValueError(f"out must end in '.keras', got {str(out)!r}")
-    prepare_output(out, kind="model", inputs=(plate,), overwrite=overwrite, remove=False)
+    prepare_output(out, kind="model", inputs=(plate,) + ((init,) if init else ()),
+                   overwrite=overwrite, remove=False)
     images, targets, depth_um = plate_training_pairs(plate, target=target, focal_index=focal_index)
     info = {
         "plate": str(plate),
@@ -440,4 +473,5 @@ def train_plate(
         training_info=info,
         progress=progress,
         overwrite=overwrite,
+        init=init,
     )
