@@ -1,11 +1,13 @@
 """How close `plate-refocus run`'s fitted |defocus| comes to the truth, per PSF reference.
 
 Simulates a held-out plate (seed 4242, never used for training), runs the
-whole pipeline on it twice on a local cluster, once with the default PSF
-reference (the U-Net output of the same plane) and once with
-``--reference focal-plane`` (the stack's own in-focus plane), and prints per
-depth the true |z| and the fitted ``defocus_um`` (mean +- standard deviation
-over wells), and the mean PSNR gain of the refocused planes. Run::
+whole pipeline on it on a local cluster with the default method and each PSF
+reference -- ``auto`` (the default; this plate records its in-focus plane, so
+that plane), ``blind`` (the fields' power spectra alone: what a plate without
+a recorded or findable focal plane gets) and ``refocused`` (the U-Net's output,
+the old default, with ``--method unet``) -- and prints per depth the true |z|,
+the fitted ``defocus_um`` (mean +- standard deviation over wells), the blind
+``defocus_blind_um``, and the mean PSNR gain of each run. Run::
 
     python benchmarks/pipeline_accuracy.py [--size 256] [--rows 2 --columns 3] [--channel nuclei]
 
@@ -20,6 +22,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+#: (reference, method) of the runs compared.
+RUNS = (("auto", "rl"), ("blind", "rl"), ("refocused", "unet"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,32 +48,33 @@ def main(argv: list[str] | None = None) -> int:
             plate = simulate_plate(tmp / "plate.zarr", rows=args.rows, columns=args.columns,
                                    fields=args.fields, size=(args.size, args.size), seed=4242,
                                    channels=(args.channel,), client=client)
-            for reference in ("refocused", "focal-plane"):
+            for reference, method in RUNS:
                 out = tmp / f"{reference}.zarr"
-                run_plate(plate, out, client=client, reference=reference)
+                run_plate(plate, out, client=client, reference=reference, method=method)
                 ds = open_results(out)
                 results[reference] = {
                     "z_um": np.abs(ds["z_um"].values),
                     "fit": ds["defocus_um"].values,  # (well, z)
+                    "blind": ds["defocus_blind_um"].values,
                     "gain": (ds["psnr"].sel(stage="refocused") - ds["psnr"].sel(stage="input"))
                     .mean(("well", "field")).values,
                 }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    z = results["refocused"]["z_um"]
-    n_wells = results["refocused"]["fit"].shape[0]
+    z = results["auto"]["z_um"]
+    n_wells = results["auto"]["fit"].shape[0]
     print(f"plate: {n_wells} wells x {args.fields} fields, {args.size}x{args.size} px, {args.channel}, "
-          "seed 4242, shipped model; fitted |defocus| in um, mean +- sd over wells")
-    print("| true \\|z\\| | reference: U-Net output (default) | error | reference: focal plane | error "
-          "| PSNR gain (dB) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+          "seed 4242; fitted |defocus| in um, mean +- sd over wells; PSNR gain over the input, dB")
+    print("| true \\|z\\| | auto (in-focus plane) | error | blind | error | U-Net output as reference "
+          "| error | gain: rl, auto | gain: rl, blind | gain: unet |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for i, depth in enumerate(z):
         row = [f"{depth:.0f}"]
-        for reference in ("refocused", "focal-plane"):
-            fit = results[reference]["fit"][:, i]
+        for reference, key in (("auto", "fit"), ("auto", "blind"), ("refocused", "fit")):
+            fit = results[reference][key][:, i]
             row += [f"{np.nanmean(fit):.2f} +- {np.nanstd(fit):.2f}", f"{np.nanmean(fit) - depth:+.2f}"]
-        row.append(f"{results['refocused']['gain'][i]:+.2f}")
+        row += [f"{results[r]['gain'][i]:+.2f}" for r, _ in RUNS]
         print("| " + " | ".join(row) + " |")
     return 0
 
