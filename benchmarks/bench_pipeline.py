@@ -78,31 +78,37 @@ def _run_pipeline(plate: Path, out: Path, model: str | None, workers: int) -> tu
 def _bare_loop(plate: Path, model_path: str | None) -> tuple[float, int]:
     """The same work, one process, no Dask, no zarr: the reference the pipeline must beat.
 
-    It calls the pipeline's own pure per-(well, depth) function, so the work is the same by
+    It calls the pipeline's own pure per-(well, depth) function with the run's default method
+    and reference (this plate records its in-focus plane), so the work is the same by
     construction; only the reading, writing and scheduling differ.
     """
     from plate_refocus.optics import radial_frequencies
-    from plate_refocus.pipeline import DepthSettings, process_depth
+    from plate_refocus.pipeline import DEFAULT_METHOD, DepthSettings, process_depth
     from plate_refocus.plate import open_ground_truth, open_plate, read_layout
-    from plate_refocus.unet import load_model
 
     layout = read_layout(plate)
     pixels = np.asarray(open_plate(layout).isel(c=0).values)  # (well, field, z, y, x), untimed
     truth = np.asarray(open_ground_truth(plate)["in_focus"].isel(c=0).values)
-    settings = DepthSettings(optics=layout.optics, reference="refocused", background=layout.offset,
-                             data_range=layout.data_range, backend="numpy")
-    freq_size = radial_frequencies(layout.shape, layout.optics.pixel_size_um).size
-    model = load_model(model_path)
-    model.predict(pixels[0, 0, 0].astype(np.float32))  # warm-up
+    settings = DepthSettings(optics=layout.optics, method=DEFAULT_METHOD, reference="focal-plane",
+                             background=layout.offset, data_range=layout.data_range,
+                             backend="numpy", read_noise=float(layout.camera["read_noise"]))
+    freq = radial_frequencies(layout.shape, layout.optics.pixel_size_um)
+    focal = layout.focal_plane
+    refocus = None
+    if DEFAULT_METHOD in ("unet", "hybrid"):
+        from plate_refocus.unet import load_model
 
-    def refocus(stack):
-        return model.predict_batch(stack, batch_size=max(4, len(stack)))
+        model = load_model(model_path)
+        model.predict(pixels[0, 0, 0].astype(np.float32))  # warm-up
+
+        def refocus(stack):
+            return model.predict_batch(stack, batch_size=max(4, len(stack)))
 
     start = time.perf_counter()
     for w in range(pixels.shape[0]):
         for z in range(pixels.shape[2]):
-            process_depth(list(pixels[w, :, z]), refocus=refocus, settings=settings,
-                          truths=list(truth[w]), freq_size=freq_size)
+            process_depth(list(pixels[w, :, z]), refocus=refocus, settings=settings, freq=freq,
+                          references=list(pixels[w, :, focal]), truths=list(truth[w]))
     seconds = time.perf_counter() - start
     return seconds, pixels.shape[0] * pixels.shape[1] * pixels.shape[2]
 
