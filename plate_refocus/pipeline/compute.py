@@ -245,7 +245,7 @@ def _refocus(ps: _Planes, settings: DepthSettings, net: dict[int, np.ndarray], b
             else:
                 out, code = ps.raw[f], METHOD_IDENTITY
         refocused[f], method_used[f] = out, code
-        if f in ps.signal:
+        if f in ps.signal and code != METHOD_IDENTITY:  # a plane left as it is has nothing to check
             trust[f] = consistency(ps.raw[f], out, check, noise=noise)
     return refocused, method_used, trust
 
