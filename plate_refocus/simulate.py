@@ -492,20 +492,9 @@ def simulate_plate(
     OutputExistsError
         ``out`` exists and ``overwrite`` is false.
     """
-    import dask
+    from .plate import check_plate_format, create_plate, wells_for
 
-    from .cluster import compute, start_client
-    from .plate import check_plate_format, create_plate, parse_well, wells_for
-
-    for name, value in (("rows", rows), ("columns", columns), ("fields", fields)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
+    _check_plate_args(rows, columns, fields, seed, workers)
     n_rows, n_columns = check_plate_format(plate_format)
     wells = wells_for(rows, columns, plate_format)
     shape = check_shape(size, minimum=8)
@@ -532,10 +521,42 @@ def simulate_plate(
         overwrite=overwrite,
     )
     targets.ground_truth["freq"][...] = freq
-    # One task per field, which simulates it and writes its planes and ground truth
-    # straight into the zarr arrays: nothing but "done" travels back, so a worker holds one
-    # field at a time whatever the size of the plate. The true OTFs are one more task, run
-    # on a worker alongside the fields.
+    try:
+        tasks = _plate_tasks(targets, wells, n_columns, fields, freq, shape, depths, seed, optics, camera,
+                             channels, family, spherical)
+        _run_tasks(tasks, client=client, workers=workers, progress=progress)
+    except BaseException:
+        shutil.rmtree(targets.path, ignore_errors=True)  # never leave a half-written plate behind
+        raise
+    return targets.path
+
+
+def _check_plate_args(rows: Any, columns: Any, fields: Any, seed: Any, workers: Any) -> None:
+    """The counts, seed and workers of :func:`simulate_plate`, checked."""
+    for name, value in (("rows", rows), ("columns", columns), ("fields", fields)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
+
+
+def _plate_tasks(targets, wells, n_columns, fields, freq, shape, depths, seed, optics, camera, channels,
+                 family, spherical) -> list[Any]:
+    """The Dask tasks of :func:`simulate_plate`: the true OTFs, then one per field.
+
+    Each field's task simulates it and writes its planes and ground truth
+    straight into the zarr arrays: nothing but "done" travels back, so a
+    worker holds one field at a time whatever the size of the plate. The true
+    OTFs are one more task, run on a worker alongside the fields.
+    """
+    import dask
+
+    from .plate import parse_well
+
     run = uuid.uuid4().hex[:8]
     gt = targets.ground_truth
     tasks = [dask.delayed(_write_otf, pure=False)(gt["otf_radial"], depths, freq, optics, spherical,
@@ -549,15 +570,16 @@ def simulate_plate(
                 (int(seed), well_index, f), optics, camera, channels, family, spherical,
                 dask_key_name=f"simulate-field-{well}-{f}-{run}",
             ))
-    try:
-        if client is not None:
-            compute(tasks, client=client, progress=progress)
-        else:
-            with start_client("local", workers=workers, dashboard_address=":0") as own:
-                log.info("simulating %d fields; dashboard: %s", len(wells) * fields,
-                         own.dashboard_link)
-                compute(tasks, client=own, progress=progress)
-    except BaseException:
-        shutil.rmtree(targets.path, ignore_errors=True)  # never leave a half-written plate behind
-        raise
-    return targets.path
+    return tasks
+
+
+def _run_tasks(tasks: list[Any], *, client: Any, workers: int | None, progress: bool) -> None:
+    """Compute `tasks` on `client`, or on a local cluster of `workers` processes started and closed here."""
+    from .cluster import compute, start_client
+
+    if client is not None:
+        compute(tasks, client=client, progress=progress)
+        return
+    with start_client("local", workers=workers, dashboard_address=":0") as own:
+        log.info("simulating %d fields; dashboard: %s", len(tasks) - 1, own.dashboard_link)  # and the true OTFs
+        compute(tasks, client=own, progress=progress)
