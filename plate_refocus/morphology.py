@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .cells import child_rng, draw_lines, seed_sequence, smooth_noise, spots
+
 __all__ = ["Family", "FAMILIES", "STAINS", "get_family", "render_objects", "describe"]
 
 #: Stains every family draws (the training family draws only the first two).
@@ -264,8 +266,6 @@ def _ellipse(shape, out, cy, cx, a, b, theta, value, soft_px, wobble=None):
 
 def _render_nuclei(shape, cells: _Cells, fam: Family, dx: float, rng: np.random.Generator):
     """DNA stain; returns (density, labels) with 1-based cell labels of the nuclear region."""
-    from .simulate import _smooth_noise, _spots
-
     density = np.zeros(shape)
     labels = np.zeros(shape, dtype=np.int32)
     soft = 0.25 / dx  # ~0.25 um rim
@@ -320,11 +320,11 @@ def _render_nuclei(shape, cells: _Cells, fam: Family, dx: float, rng: np.random.
             labels[y0:y1, x0:x1][density[y0:y1, x0:x1] > 0.3 * level] = i + 1
     inside = density > 0.02
     if fam.texture > 0:
-        density *= np.clip(1 + fam.texture * _smooth_noise(shape, fam.texture_um / dx, rng), 0.15, None)
+        density *= np.clip(1 + fam.texture * smooth_noise(shape, fam.texture_um / dx, rng), 0.15, None)
     if spot[0]:
-        density += _spots(shape, np.array(spot[0]), np.array(spot[1]), spot[2], fam.spot_um / dx) * inside
+        density += spots(shape, np.array(spot[0]), np.array(spot[1]), spot[2], fam.spot_um / dx) * inside
     if dark[0]:
-        nucleoli = _spots(shape, np.array(dark[0]), np.array(dark[1]), dark[2], 0.65 / dx)
+        nucleoli = spots(shape, np.array(dark[0]), np.array(dark[1]), dark[2], 0.65 / dx)
         density *= np.clip(1 - nucleoli, 0.2, 1)
     return density, labels
 
@@ -363,10 +363,8 @@ def _cell_labels(shape, cells: _Cells) -> tuple[np.ndarray, np.ndarray]:
 
 def _render_actin(shape, cells: _Cells, labels, to_edge, nuclei_labels, fam: Family, dx: float,
                   rng: np.random.Generator) -> np.ndarray:
-    from .simulate import _draw_lines, _smooth_noise
-
     inside = labels > 0
-    cytoplasm = 0.18 * np.clip(1 + 0.35 * _smooth_noise(shape, 1.2 / dx, rng), 0.2, None)
+    cytoplasm = 0.18 * np.clip(1 + 0.35 * smooth_noise(shape, 1.2 / dx, rng), 0.2, None)
     cytoplasm *= np.where(nuclei_labels > 0, 0.55, 1.0)
     rim = 0.5 * np.exp(-0.5 * (to_edge * dx / 0.36) ** 2) + 0.15 * np.exp(-to_edge * dx / 1.5)
     body = (cytoplasm + rim) * inside
@@ -390,18 +388,16 @@ def _render_actin(shape, cells: _Cells, labels, to_edge, nuclei_labels, fam: Fam
             y0, x0 = cells.cy[i] + r0 * math.sin(ang), cells.cx[i] + r0 * math.cos(ang)
             filopodia.append((y0, x0, y0 + length * math.sin(direction), x0 + length * math.cos(direction),
                               rng.uniform(0.35, 0.7), i + 1))
-    layer = _draw_lines(shape, fibres, labels, lambda lab, cell: lab == cell)
-    layer += _draw_lines(shape, filopodia, labels, lambda lab, cell: (lab == 0) | (lab == cell))
+    layer = draw_lines(shape, fibres, labels, lambda lab, cell: lab == cell)
+    layer += draw_lines(shape, filopodia, labels, lambda lab, cell: (lab == 0) | (lab == cell))
     return body + ndimage.gaussian_filter(layer, 0.18 / dx)
 
 
 def _render_cytoplasm(shape, cells: _Cells, labels, nuclei_labels, fam: Family, dx: float,
                       rng: np.random.Generator) -> np.ndarray:
-    from .simulate import _smooth_noise, _spots
-
     inside = labels > 0
     to_nucleus = ndimage.distance_transform_edt(nuclei_labels == 0) * dx
-    base = 0.35 * np.clip(1 + 0.3 * _smooth_noise(shape, 1.0 / dx, rng), 0.2, None)
+    base = 0.35 * np.clip(1 + 0.3 * smooth_noise(shape, 1.0 / dx, rng), 0.2, None)
     perinuclear = 0.65 * np.exp(-to_nucleus / 2.0)
     body = (base + perinuclear) * inside * np.where(nuclei_labels > 0, 0.2, 1.0)
     ys, xs, amps = [], [], []
@@ -412,7 +408,7 @@ def _render_cytoplasm(shape, cells: _Cells, labels, nuclei_labels, fam: Family, 
         ys.extend(cells.cy[i] + rr * np.sin(ang))
         xs.extend(cells.cx[i] + rr * np.cos(ang))
         amps.extend(rng.uniform(0.3, 0.8, count))
-    vesicles = _spots(shape, np.array(ys), np.array(xs), np.array(amps), 0.2 / dx) * inside if ys else 0.0
+    vesicles = spots(shape, np.array(ys), np.array(xs), np.array(amps), 0.2 / dx) * inside if ys else 0.0
     return ndimage.gaussian_filter(body, 0.3 / dx) + vesicles
 
 
@@ -441,8 +437,6 @@ def render_objects(
         Non-negative, each channel's maximum 1 before background and haze
         (which add ``background + haze * smooth noise`` of the peak).
     """
-    from .simulate import _child, _seed_sequence, _smooth_noise
-
     fam = get_family(family)
     if not (isinstance(pixel_size_um, (int, float)) and pixel_size_um > 0):
         raise ValueError(f"pixel_size_um must be positive, got {pixel_size_um!r}")
@@ -450,9 +444,9 @@ def render_objects(
     if isinstance(channels, str) or not channels or unknown or len(set(channels)) != len(channels):
         raise ValueError(f"channels must be a non-empty selection of {STAINS!r} without repeats, got {channels!r}")
     dx = float(pixel_size_um)
-    seq = _seed_sequence(seed)
-    cells = _place(shape, fam, dx, _child(seq, 0))
-    nuclei, nuclei_labels = _render_nuclei(shape, cells, fam, dx, _child(seq, 1))
+    seq = seed_sequence(seed)
+    cells = _place(shape, fam, dx, child_rng(seq, 0))
+    nuclei, nuclei_labels = _render_nuclei(shape, cells, fam, dx, child_rng(seq, 1))
     labels = to_edge = None
     out = np.empty((len(channels), *shape), dtype=np.float32)
     for c, name in enumerate(channels):
@@ -462,14 +456,14 @@ def render_objects(
             if labels is None:
                 labels, to_edge = _cell_labels(shape, cells)
             if name == "actin":
-                layer = _render_actin(shape, cells, labels, to_edge, nuclei_labels, fam, dx, _child(seq, 2))
+                layer = _render_actin(shape, cells, labels, to_edge, nuclei_labels, fam, dx, child_rng(seq, 2))
             else:
-                layer = _render_cytoplasm(shape, cells, labels, nuclei_labels, fam, dx, _child(seq, 3))
+                layer = _render_cytoplasm(shape, cells, labels, nuclei_labels, fam, dx, child_rng(seq, 3))
         layer = np.clip(layer, 0, None)
         peak = layer.max()
         layer = layer / peak if peak > 0 else layer
         if fam.background or fam.haze:
-            haze = np.clip(_smooth_noise(shape, 10.0 / dx, _child(seq, 4 + c)), -1.0, None) + 1.0
+            haze = np.clip(smooth_noise(shape, 10.0 / dx, child_rng(seq, 4 + c)), -1.0, None) + 1.0
             layer = layer + fam.background + fam.haze * haze
         out[c] = layer
     return out

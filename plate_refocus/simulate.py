@@ -6,7 +6,9 @@ A field is made in three steps:
    cells: Hoechst-like nuclei (textured ellipsoids with chromocentres and
    nucleoli, varied in size, shape and orientation, some touching) and
    phalloidin-like actin (cell outlines around the nuclei with a bright
-   cortical rim, stress-fibre ridges and thin filopodia).
+   cortical rim, stress-fibre ridges and thin filopodia); the cells are drawn
+   by :mod:`plate_refocus.cells` (or by a family of
+   :mod:`plate_refocus.morphology`).
 2. :func:`simulate_field` blurs it with the defocus OTFs of
    :mod:`plate_refocus.optics` on a padded grid and crops, so no FFT
    wrap-around reaches the image, then adds camera noise (DESIGN.md,
@@ -33,8 +35,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.fft
-from scipy import ndimage
 
+from .cells import SeedLike, child_rng, render_u2os, seed_sequence
 from .optics import Optics, check_shape, defocus_otf, radial_frequencies, radial_otf
 
 __all__ = [
@@ -56,8 +58,6 @@ DEFAULT_DEPTHS_UM: tuple[float, ...] = (0, 2, 4, 6, 8, 10, 15, 20, 25, 30, 40)
 
 #: Channels :func:`simulate_objects` knows how to draw.
 CHANNELS: tuple[str, ...] = ("nuclei", "actin")
-
-SeedLike = int | np.random.SeedSequence
 
 
 @dataclass(frozen=True)
@@ -206,226 +206,7 @@ def _check_depths(depths_um: Sequence[float]) -> tuple[float, ...]:
     return depths
 
 
-def _seed_sequence(seed: SeedLike) -> np.random.SeedSequence:
-    if isinstance(seed, np.random.SeedSequence):
-        return seed
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0:
-        return np.random.SeedSequence(int(seed))
-    raise TypeError(f"seed must be a non-negative int or a numpy SeedSequence, got {seed!r}")
-
-
-def _child(seed: np.random.SeedSequence, key: int) -> np.random.Generator:
-    # A fixed child per purpose, without mutating the caller's SeedSequence
-    # (SeedSequence.spawn counts its children, so calling it twice differs).
-    child = np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, key))
-    return np.random.default_rng(child)
-
-
 # --- objects -----------------------------------------------------------------------------------
-
-
-class _Cells(NamedTuple):
-    cy: np.ndarray  # centre row, px
-    cx: np.ndarray  # centre column, px
-    a: np.ndarray  # nucleus semi-axis along theta, px
-    b: np.ndarray  # nucleus semi-axis across theta, px
-    theta: np.ndarray  # nucleus orientation, rad
-    brightness: np.ndarray  # relative DNA stain
-    radius: np.ndarray  # mean cell radius, px
-    harmonics: np.ndarray  # (N, K, 2) cell outline cos/sin amplitudes for k = 2..K+1
-
-
-def _place_cells(shape: tuple[int, int], rng: np.random.Generator) -> _Cells:
-    """Cell centres and shapes: roughly one cell per 55 x 55 px, some in touching pairs."""
-    ny, nx = shape
-    target = max(1, rng.poisson(ny * nx / 3000.0))
-    cy: list[float] = []
-    cx: list[float] = []
-    r: list[float] = []
-    attempts = 0
-    while len(cy) < target and attempts < 40 * target:
-        attempts += 1
-        radius = rng.uniform(9.0, 15.0)
-        if cy and rng.random() < 0.3:
-            # A daughter/neighbour cell whose nucleus touches an existing one.
-            k = int(rng.integers(len(cy)))
-            angle = rng.uniform(0, 2 * np.pi)
-            dist = (r[k] + radius) * rng.uniform(0.85, 1.0)
-            y, x = cy[k] + dist * np.sin(angle), cx[k] + dist * np.cos(angle)
-            minimum = 0.8
-        else:
-            y, x = rng.uniform(-10, ny + 10), rng.uniform(-10, nx + 10)
-            minimum = 1.6
-        d = np.hypot(np.asarray(cy) - y, np.asarray(cx) - x) if cy else np.array([np.inf])
-        others = np.asarray(r) + radius if r else np.array([0.0])
-        if np.all(d >= minimum * others):
-            cy.append(y)
-            cx.append(x)
-            r.append(radius)
-    n = len(cy)
-    r_arr = np.asarray(r)
-    elong = rng.uniform(1.0, 1.45, n)
-    mitotic = rng.random(n) < 0.05
-    a = r_arr * np.sqrt(elong) * np.where(mitotic, 0.6, 1.0)
-    b = r_arr / np.sqrt(elong) * np.where(mitotic, 0.6, 1.0)
-    brightness = np.where(mitotic, rng.uniform(1.6, 2.0, n), rng.uniform(0.55, 1.0, n))
-    radius = r_arr * rng.uniform(1.9, 2.6, n)
-    harmonics = rng.normal(0, 1, (n, 3, 2)) * (0.09 / np.arange(1, 4))[None, :, None]
-    return _Cells(
-        np.asarray(cy), np.asarray(cx), a, b, rng.uniform(0, np.pi, n), brightness, radius, harmonics
-    )
-
-
-def _smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian-filtered white noise with unit standard deviation."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
-    return field / max(field.std(), 1e-12)
-
-
-def _spots(shape, ys, xs, amplitudes, sigma) -> np.ndarray:
-    """Gaussian spots of peak ``amplitudes`` at (possibly fractional) positions."""
-    ny, nx = shape
-    impulses = np.zeros(shape)
-    iy, ix = np.rint(ys).astype(int), np.rint(xs).astype(int)
-    keep = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
-    np.add.at(impulses, (iy[keep], ix[keep]), np.asarray(amplitudes)[keep])
-    return ndimage.gaussian_filter(impulses, sigma, mode="constant") * (2 * np.pi * sigma**2)
-
-
-def _render_nuclei(shape, cells: _Cells, rng: np.random.Generator):
-    """Hoechst-like nuclei; returns (density, label image with 1-based cell index)."""
-    ny, nx = shape
-    density = np.zeros(shape)
-    labels = np.zeros(shape, dtype=np.int32)
-    texture = _smooth_noise(shape, 1.3, rng)
-    bright_y, bright_x, bright_a, dark_y, dark_x, dark_a = [], [], [], [], [], []
-    for i in range(len(cells.cy)):
-        cy, cx, a, b, th = cells.cy[i], cells.cx[i], cells.a[i], cells.b[i], cells.theta[i]
-        half = int(math.ceil(max(a, b) * 1.15)) + 3
-        y0, y1 = max(0, int(cy) - half), min(ny, int(cy) + half + 1)
-        x0, x1 = max(0, int(cx) - half), min(nx, int(cx) + half + 1)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        dy, dx = yy - cy, xx - cx
-        u = dx * math.cos(th) + dy * math.sin(th)
-        v = -dx * math.sin(th) + dy * math.cos(th)
-        phi = np.arctan2(v, u)
-        wobble = 1 + 0.04 * np.cos(3 * phi + rng.uniform(0, 2 * np.pi)) + 0.03 * np.cos(
-            5 * phi + rng.uniform(0, 2 * np.pi)
-        )
-        d = np.hypot(u / a, v / b) / wobble
-        edge = 0.5 * (1 - np.tanh((d - 1) * min(a, b) / 0.8))  # ~1 px soft rim
-        dome = 1 - 0.25 * np.minimum(d, 1) ** 2
-        value = cells.brightness[i] * edge * dome
-        region = density[y0:y1, x0:x1]
-        np.maximum(region, value, out=region)
-        labels[y0:y1, x0:x1][edge > 0.5] = i + 1
-        # Chromocentres (bright) and nucleoli (dark) inside the nucleus.
-        for count, ys, xs, amps, lo, hi, reach in (
-            (rng.integers(4, 10), bright_y, bright_x, bright_a, 0.25, 0.6, 0.8),
-            (rng.integers(1, 4), dark_y, dark_x, dark_a, 0.35, 0.6, 0.55),
-        ):
-            rr = reach * np.sqrt(rng.random(count))
-            ang = rng.uniform(0, 2 * np.pi, count)
-            su, sv = rr * a * np.cos(ang), rr * b * np.sin(ang)
-            ys.extend(cy + su * math.sin(th) + sv * math.cos(th))
-            xs.extend(cx + su * math.cos(th) - sv * math.sin(th))
-            amps.extend(rng.uniform(lo, hi, count) * cells.brightness[i])
-    inside = density > 0.02
-    density *= np.clip(1 + 0.22 * texture, 0.3, None)
-    density += _spots(shape, np.array(bright_y), np.array(bright_x), bright_a, 1.1) * inside
-    nucleoli = _spots(shape, np.array(dark_y), np.array(dark_x), dark_a, 2.2)
-    density *= np.clip(1 - nucleoli, 0.2, 1)
-    return density, labels
-
-
-def _draw_lines(shape, segments, labels, allowed) -> np.ndarray:
-    """Anti-aliased lines ``(y0, x0, y1, x1, amplitude, cell)`` kept where ``allowed(labels, cell)``."""
-    from skimage.draw import line_aa
-
-    ny, nx = shape
-    layer = np.zeros(shape)
-    for y0, x0, y1, x1, amp, cell in segments:
-        rr, cc, val = line_aa(int(round(y0)), int(round(x0)), int(round(y1)), int(round(x1)))
-        keep = (rr >= 0) & (rr < ny) & (cc >= 0) & (cc < nx)
-        rr, cc, val = rr[keep], cc[keep], val[keep]
-        ok = allowed(labels[rr, cc], cell)
-        # Fibres fade in and out along their length rather than ending abruptly.
-        taper = np.sin(np.linspace(0.15, np.pi - 0.15, len(rr))) if len(rr) else val
-        np.maximum.at(layer, (rr[ok], cc[ok]), (amp * val * taper)[ok])
-    return layer
-
-
-def _render_actin(shape, cells: _Cells, nuclei_labels, rng: np.random.Generator) -> np.ndarray:
-    """Phalloidin-like actin: cell bodies, cortical rims, stress fibres, filopodia."""
-    ny, nx = shape
-    n = len(cells.cy)
-    # Each pixel belongs to the nearest cell centre (a Voronoi partition) if it lies
-    # inside that cell's irregular outline r(phi).
-    markers = np.ones(shape, dtype=bool)
-    cyi = np.clip(np.rint(cells.cy).astype(int), 0, ny - 1)
-    cxi = np.clip(np.rint(cells.cx).astype(int), 0, nx - 1)
-    # Centres outside the field are clamped to its edge: close enough for cells that
-    # only reach into the field, and they keep their own outlines below.
-    markers[cyi, cxi] = False
-    centre_id = np.zeros(shape, dtype=np.int32)
-    centre_id[cyi, cxi] = np.arange(1, n + 1)
-    _, (iy, ix) = ndimage.distance_transform_edt(markers, return_indices=True)
-    owner = centre_id[iy, ix] - 1  # 0-based cell index of every pixel
-    yy, xx = np.indices(shape)
-    dy, dx = yy - cells.cy[owner], xx - cells.cx[owner]
-    rho = np.hypot(dy, dx)
-    phi = np.arctan2(dy, dx)
-    k = np.arange(2, 2 + cells.harmonics.shape[1])
-    outline = np.ones(shape)
-    for j, kk in enumerate(k):
-        outline += cells.harmonics[owner, j, 0] * np.cos(kk * phi)
-        outline += cells.harmonics[owner, j, 1] * np.sin(kk * phi)
-    outline *= cells.radius[owner]
-    labels = np.where(rho < outline, owner + 1, 0).astype(np.int32)
-    inside = labels > 0
-
-    # Distance to the cell boundary (to background or to a touching neighbour).
-    boundary = np.zeros(shape, dtype=bool)
-    boundary[:-1] |= labels[:-1] != labels[1:]
-    boundary[1:] |= labels[:-1] != labels[1:]
-    boundary[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    boundary[:, 1:] |= labels[:, :-1] != labels[:, 1:]
-    to_edge = ndimage.distance_transform_edt(~boundary)
-
-    cytoplasm = 0.18 * np.clip(1 + 0.35 * _smooth_noise(shape, 4.0, rng), 0.2, None)
-    cytoplasm *= np.where(nuclei_labels > 0, 0.55, 1.0)
-    rim = 0.5 * np.exp(-0.5 * (to_edge / 1.2) ** 2) + 0.15 * np.exp(-to_edge / 5.0)
-    body = (cytoplasm + rim) * inside
-
-    fibres, filopodia = [], []
-    for i in range(n):
-        psi = rng.uniform(0, np.pi)
-        for _ in range(rng.integers(3, 10)):
-            rr = cells.radius[i] * 0.7 * np.sqrt(rng.random())
-            ang = rng.uniform(0, 2 * np.pi)
-            py, px = cells.cy[i] + rr * np.sin(ang), cells.cx[i] + rr * np.cos(ang)
-            direction = psi + rng.normal(0, 0.12)
-            half = cells.radius[i] * rng.uniform(0.4, 0.8)
-            fibres.append((py - half * np.sin(direction), px - half * np.cos(direction),
-                           py + half * np.sin(direction), px + half * np.cos(direction),
-                           rng.uniform(0.5, 1.0), i + 1))
-        for _ in range(rng.integers(4, 16)):
-            ang = rng.uniform(-np.pi, np.pi)
-            r0 = cells.radius[i] * (1 + sum(
-                cells.harmonics[i, j, 0] * np.cos(kk * ang) + cells.harmonics[i, j, 1] * np.sin(kk * ang)
-                for j, kk in enumerate(k)
-            )) - 1.0
-            direction = ang + rng.normal(0, 0.3)
-            length = rng.uniform(4.0, 16.0)
-            y0, x0 = cells.cy[i] + r0 * np.sin(ang), cells.cx[i] + r0 * np.cos(ang)
-            filopodia.append((y0, x0, y0 + length * np.sin(direction), x0 + length * np.cos(direction),
-                              rng.uniform(0.35, 0.7), i + 1))
-    fibre_layer = _draw_lines(shape, fibres, labels, lambda lab, cell: lab == cell)
-    filo_layer = _draw_lines(shape, filopodia, labels, lambda lab, cell: (lab == 0) | (lab == cell))
-    lines = ndimage.gaussian_filter(fibre_layer + filo_layer, 0.6)
-    return body + lines
 
 
 def simulate_objects(
@@ -468,17 +249,7 @@ def simulate_objects(
         from .morphology import render_objects
 
         return render_objects(shape, family, seed=seed, channels=tuple(channels), pixel_size_um=pixel_size_um)
-    channels = _check_channels(channels)
-    seq = _seed_sequence(seed)
-    cells = _place_cells(shape, _child(seq, 0))
-    nuclei, nuclei_labels = _render_nuclei(shape, cells, _child(seq, 1))
-    out = np.empty((len(channels), *shape), dtype=np.float32)
-    for c, name in enumerate(channels):
-        layer = nuclei if name == "nuclei" else _render_actin(shape, cells, nuclei_labels, _child(seq, 2))
-        layer = np.clip(layer, 0, None)
-        peak = layer.max()
-        out[c] = layer / peak if peak > 0 else layer
-    return out
+    return render_u2os(shape, _check_channels(channels), seed)
 
 
 # --- fields ------------------------------------------------------------------------------------
@@ -563,7 +334,7 @@ def simulate_field(
     depths = _check_depths(depths_um)
     channels = _check_family_channels(channels, family)
     _check_optics_camera(optics, camera)
-    seq = _seed_sequence(seed)
+    seq = seed_sequence(seed)
     spherical = _check_spherical(spherical_rms_waves)
 
     pad = field_padding(max(abs(z) for z in depths), optics)
@@ -583,7 +354,7 @@ def simulate_field(
     focus = focus_big[crop]
     scale = np.where(peak > 0, camera.photons / np.where(peak > 0, peak, 1), 0.0)
 
-    rng = _child(seq, 1)
+    rng = child_rng(seq, 1)
     images = np.empty((len(channels), len(depths), *shape), dtype=np.uint16)
     for j, z in enumerate(depths):
         mean = focus if z == 0 else _blur(spectrum, big, z, optics, spherical)[crop]
@@ -721,20 +492,9 @@ def simulate_plate(
     OutputExistsError
         ``out`` exists and ``overwrite`` is false.
     """
-    import dask
+    from .plate import check_plate_format, create_plate, wells_for
 
-    from .cluster import compute, start_client
-    from .plate import check_plate_format, create_plate, parse_well, wells_for
-
-    for name, value in (("rows", rows), ("columns", columns), ("fields", fields)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
+    _check_plate_args(rows, columns, fields, seed, workers)
     n_rows, n_columns = check_plate_format(plate_format)
     wells = wells_for(rows, columns, plate_format)
     shape = check_shape(size, minimum=8)
@@ -761,10 +521,42 @@ def simulate_plate(
         overwrite=overwrite,
     )
     targets.ground_truth["freq"][...] = freq
-    # One task per field, which simulates it and writes its planes and ground truth
-    # straight into the zarr arrays: nothing but "done" travels back, so a worker holds one
-    # field at a time whatever the size of the plate. The true OTFs are one more task, run
-    # on a worker alongside the fields.
+    try:
+        tasks = _plate_tasks(targets, wells, n_columns, fields, freq, shape, depths, seed, optics, camera,
+                             channels, family, spherical)
+        _run_tasks(tasks, client=client, workers=workers, progress=progress)
+    except BaseException:
+        shutil.rmtree(targets.path, ignore_errors=True)  # never leave a half-written plate behind
+        raise
+    return targets.path
+
+
+def _check_plate_args(rows: Any, columns: Any, fields: Any, seed: Any, workers: Any) -> None:
+    """The counts, seed and workers of :func:`simulate_plate`, checked."""
+    for name, value in (("rows", rows), ("columns", columns), ("fields", fields)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
+
+
+def _plate_tasks(targets, wells, n_columns, fields, freq, shape, depths, seed, optics, camera, channels,
+                 family, spherical) -> list[Any]:
+    """The Dask tasks of :func:`simulate_plate`: the true OTFs, then one per field.
+
+    Each field's task simulates it and writes its planes and ground truth
+    straight into the zarr arrays: nothing but "done" travels back, so a
+    worker holds one field at a time whatever the size of the plate. The true
+    OTFs are one more task, run on a worker alongside the fields.
+    """
+    import dask
+
+    from .plate import parse_well
+
     run = uuid.uuid4().hex[:8]
     gt = targets.ground_truth
     tasks = [dask.delayed(_write_otf, pure=False)(gt["otf_radial"], depths, freq, optics, spherical,
@@ -778,15 +570,16 @@ def simulate_plate(
                 (int(seed), well_index, f), optics, camera, channels, family, spherical,
                 dask_key_name=f"simulate-field-{well}-{f}-{run}",
             ))
-    try:
-        if client is not None:
-            compute(tasks, client=client, progress=progress)
-        else:
-            with start_client("local", workers=workers, dashboard_address=":0") as own:
-                log.info("simulating %d fields; dashboard: %s", len(wells) * fields,
-                         own.dashboard_link)
-                compute(tasks, client=own, progress=progress)
-    except BaseException:
-        shutil.rmtree(targets.path, ignore_errors=True)  # never leave a half-written plate behind
-        raise
-    return targets.path
+    return tasks
+
+
+def _run_tasks(tasks: list[Any], *, client: Any, workers: int | None, progress: bool) -> None:
+    """Compute `tasks` on `client`, or on a local cluster of `workers` processes started and closed here."""
+    from .cluster import compute, start_client
+
+    if client is not None:
+        compute(tasks, client=client, progress=progress)
+        return
+    with start_client("local", workers=workers, dashboard_address=":0") as own:
+        log.info("simulating %d fields; dashboard: %s", len(tasks) - 1, own.dashboard_link)  # and the true OTFs
+        compute(tasks, client=own, progress=progress)
