@@ -23,7 +23,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SeedLike", "seed_sequence", "child_rng", "smooth_noise", "spots", "draw_lines", "render_u2os"]
+__all__ = ["SeedLike", "seed_sequence", "child_rng", "smooth_noise", "spots", "draw_lines", "nearest_cell",
+           "render_u2os"]
 
 #: A seed: a non-negative int or a :class:`numpy.random.SeedSequence`.
 SeedLike = int | np.random.SeedSequence
@@ -198,22 +199,30 @@ def _render_nuclei(shape, cells: _Cells, rng: np.random.Generator):
     return density, labels
 
 
+def nearest_cell(shape: tuple[int, int], cy: np.ndarray, cx: np.ndarray) -> np.ndarray:
+    """The 0-based index of the nearest cell centre of every pixel (a Voronoi partition), (Y, X).
+
+    Centres outside the field are clamped to its edge: close enough for cells that
+    only reach into the field, which keep their own outlines.
+    """
+    ny, nx = shape
+    markers = np.ones(shape, dtype=bool)
+    cyi = np.clip(np.rint(cy).astype(int), 0, ny - 1)
+    cxi = np.clip(np.rint(cx).astype(int), 0, nx - 1)
+    markers[cyi, cxi] = False
+    centre_id = np.zeros(shape, dtype=np.int32)
+    centre_id[cyi, cxi] = np.arange(1, np.size(cy) + 1)
+    _, (iy, ix) = ndimage.distance_transform_edt(markers, return_indices=True)
+    return centre_id[iy, ix] - 1
+
+
 def _render_actin(shape, cells: _Cells, nuclei_labels, rng: np.random.Generator) -> np.ndarray:
     """Phalloidin-like actin: cell bodies, cortical rims, stress fibres, filopodia."""
     ny, nx = shape
     n = len(cells.cy)
-    # Each pixel belongs to the nearest cell centre (a Voronoi partition) if it lies
-    # inside that cell's irregular outline r(phi).
-    markers = np.ones(shape, dtype=bool)
-    cyi = np.clip(np.rint(cells.cy).astype(int), 0, ny - 1)
-    cxi = np.clip(np.rint(cells.cx).astype(int), 0, nx - 1)
-    # Centres outside the field are clamped to its edge: close enough for cells that
-    # only reach into the field, and they keep their own outlines below.
-    markers[cyi, cxi] = False
-    centre_id = np.zeros(shape, dtype=np.int32)
-    centre_id[cyi, cxi] = np.arange(1, n + 1)
-    _, (iy, ix) = ndimage.distance_transform_edt(markers, return_indices=True)
-    owner = centre_id[iy, ix] - 1  # 0-based cell index of every pixel
+    # Each pixel belongs to the nearest cell centre if it lies inside that cell's
+    # irregular outline r(phi).
+    owner = nearest_cell(shape, cells.cy, cells.cx)  # 0-based cell index of every pixel
     yy, xx = np.indices(shape)
     dy, dx = yy - cells.cy[owner], xx - cells.cx[owner]
     rho = np.hypot(dy, dx)

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .cells import child_rng, draw_lines, seed_sequence, smooth_noise, spots
+from .cells import child_rng, draw_lines, nearest_cell, seed_sequence, smooth_noise, spots
 
 __all__ = ["Family", "FAMILIES", "STAINS", "get_family", "render_objects", "describe"]
 
@@ -331,16 +331,7 @@ def _render_nuclei(shape, cells: _Cells, fam: Family, dx: float, rng: np.random.
 
 def _cell_labels(shape, cells: _Cells) -> tuple[np.ndarray, np.ndarray]:
     """Cell bodies (1-based labels) from a Voronoi partition cut by each cell's outline; distance to edges."""
-    ny, nx = shape
-    n = cells.cy.size
-    markers = np.ones(shape, dtype=bool)
-    cyi = np.clip(np.rint(cells.cy).astype(int), 0, ny - 1)
-    cxi = np.clip(np.rint(cells.cx).astype(int), 0, nx - 1)
-    markers[cyi, cxi] = False
-    centre_id = np.zeros(shape, dtype=np.int32)
-    centre_id[cyi, cxi] = np.arange(1, n + 1)
-    _, (iy, ix) = ndimage.distance_transform_edt(markers, return_indices=True)
-    owner = centre_id[iy, ix] - 1
+    owner = nearest_cell(shape, cells.cy, cells.cx)
     yy, xx = np.indices(shape)
     dy, dx = yy - cells.cy[owner], xx - cells.cx[owner]
     th = cells.theta[owner]
