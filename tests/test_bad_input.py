@@ -258,7 +258,7 @@ def test_bad_input_gives_one_line(plate, tmp_path, capsys, make_args, message):
 def test_focal_plane_reference_without_a_focal_plane(tmp_path, capsys):
     plate = small_plate(tmp_path / "nofocus.zarr", focal_plane=None)
     refuse(capsys, "run", str(plate), str(tmp_path / "r.zarr"), "--reference", "focal-plane",
-           match="ingest with --focal-plane")
+           match="give it with --focal-plane N")
 
 
 def test_a_refusal_in_a_real_subprocess_is_one_line(plate, tmp_path):
