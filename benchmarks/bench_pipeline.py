@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -124,8 +125,8 @@ def _graph_size(tmp: Path, model: str | None) -> tuple[int, int, int, float]:
 
     plate = tmp / "p384.zarr"
     wells = [well_name(r, c) for r in range(16) for c in range(1, 25)]
-    # 32 x 32 planes keep the store small; a graph holds keys and shapes, no pixels.
-    images = da.zeros((384, 2, 1, 34, 32, 32), dtype=np.uint16, chunks=(1, 1, 1, 1, 32, 32))
+    # 48 x 48 planes (a run's minimum is 33) keep the store small; a graph holds keys, no pixels.
+    images = da.zeros((384, 2, 1, 34, 48, 48), dtype=np.uint16, chunks=(1, 1, 1, 1, 48, 48))
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
                       silence_logs=40) as cluster, Client(cluster):
         write_plate(plate, images, wells, optics=Optics(),
@@ -159,6 +160,8 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
+        # The graph first: it is quick, and a failure there must not cost the long timings.
+        g_bytes, g_largest, g_tasks, g_seconds = _graph_size(tmp, args.model)
         plates = {}
         with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
                           silence_logs=40) as cluster, Client(cluster) as client:
@@ -174,8 +177,9 @@ def main() -> None:
         for _ in range(args.pairs):
             run = _run_pipeline(plates[args.wells], tmp / f"r{args.wells}.zarr", args.model, args.workers)
             pairs.append((run, _bare_loop(plates[args.wells], args.model)[0]))
+            print(f"pair {len(pairs)}: pipeline {run[0]:.1f} s, bare loop {pairs[-1][1]:.1f} s",
+                  file=sys.stderr, flush=True)
         runs.setdefault(args.wells, pairs[0][0])
-        g_bytes, g_largest, g_tasks, g_seconds = _graph_size(tmp, args.model)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
