@@ -26,6 +26,8 @@ python3 -c "import cupy, scipy, numpy; print('cupy', cupy.__version__, 'numpy', 
 #    CuPy-vs-NumPy agreement test runs instead of skipping (conftest needs Dask: not loaded)
 want 1 && timeout 200 python3 -m pytest --noconftest -p no:cacheprovider -q -rs tests/test_psf.py \
     -k "not dask_distributed" 2>&1 | tee "$out/test_psf_gpu.txt"
+want 1 && timeout 200 python3 -m pytest --noconftest -p no:cacheprovider -q -rs tests/test_focus.py \
+    tests/test_deconvolve.py -k cupy 2>&1 | tee "$out/test_focus_deconvolve_gpu.txt"
 
 # 2. PSF throughput: GPU, then this machine's CPU with one FFT thread (as a Dask task)
 want 2 && timeout 120 python3 benchmarks/bench_psf.py --backend cupy --fields 72 --repeats 5 2>&1 | tee "$out/bench_psf.txt"
