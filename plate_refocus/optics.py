@@ -247,9 +247,8 @@ def _depth(z_um: float, spherical: float) -> float:
     return float(z_um) if spherical else abs(float(z_um))
 
 
-@lru_cache(maxsize=256)
-def _psf_unshifted(shape: tuple[int, int], z_um: float, optics: Optics,
-                   spherical: float = 0.0) -> np.ndarray:
+def _compute_psf(shape: tuple[int, int], z_um: float, optics: Optics,
+                 spherical: float = 0.0) -> np.ndarray:
     fy, fx, rho = _frequency_grid(shape, optics.pixel_size_um, False)
     k = optics.immersion_index / optics.wavelength_um
     pupil = rho <= optics.na / optics.wavelength_um
@@ -265,6 +264,10 @@ def _psf_unshifted(shape: tuple[int, int], z_um: float, optics: Optics,
     intensity /= intensity.sum()
     intensity.flags.writeable = False
     return intensity
+
+
+#: PSFs asked for by :func:`defocus_psf` (a simulator's few depths), kept per process.
+_psf_unshifted = lru_cache(maxsize=64)(_compute_psf)
 
 
 def defocus_psf(
@@ -297,13 +300,16 @@ def defocus_psf(
     return psf
 
 
-@lru_cache(maxsize=256)
-def _otf(shape: tuple[int, int], z_um: float, optics: Optics, real: bool,
-         spherical: float = 0.0) -> np.ndarray:
-    psf = _psf_unshifted(shape, z_um, optics, spherical)
+def _compute_otf(shape: tuple[int, int], z_um: float, optics: Optics, real: bool,
+                 spherical: float = 0.0) -> np.ndarray:
+    psf = _compute_psf(shape, z_um, optics, spherical)
     otf = np.fft.rfft2(psf) if real else np.fft.fft2(psf)
     otf.flags.writeable = False
     return otf
+
+
+#: OTFs at the depths a simulator or a benchmark asks for again and again (a plate's planes).
+_otf = lru_cache(maxsize=256)(_compute_otf)
 
 
 def defocus_otf(
@@ -313,6 +319,7 @@ def defocus_otf(
     *,
     real: bool = False,
     spherical_rms_waves: float = 0.0,
+    cache: bool = True,
 ) -> np.ndarray:
     """OTF ``K_z`` of :func:`defocus_psf` in FFT order, with ``K_z(0) = 1``.
 
@@ -326,6 +333,12 @@ def defocus_otf(
         full ``(Y, X)`` plane.
     spherical_rms_waves : float
         As in :func:`defocus_psf`.
+    cache : bool
+        Keep the OTF for the next call with the same arguments (default), for
+        depths asked for again and again (a simulator's planes). ``False`` for a
+        one-off depth such as a fitted ``|z|``: a worker restoring a whole plate
+        at continuous depths would otherwise hold hundreds of full-size kernels
+        (measured: +370 MiB per worker over 48 wells of 256 x 256 fields).
 
     Returns
     -------
@@ -335,7 +348,8 @@ def defocus_otf(
     """
     shape = check_shape(shape)
     spherical = float(spherical_rms_waves)
-    return _otf(shape, _depth(z_um, spherical), optics, bool(real), spherical)
+    compute = _otf if cache else _compute_otf
+    return compute(shape, _depth(z_um, spherical), optics, bool(real), spherical)
 
 
 # --- the radial OTF model (Hankel transforms) ---------------------------------------------------

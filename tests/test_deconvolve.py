@@ -18,7 +18,7 @@ from plate_refocus.deconvolve import (
 )
 from plate_refocus.focus import blind_defocus, power_spectrum
 from plate_refocus.metrics import psnr
-from plate_refocus.optics import Optics, radial_otf
+from plate_refocus.optics import Optics, defocus_otf, radial_otf
 from plate_refocus.psf import radial_frequencies
 from plate_refocus.simulate import Camera, simulate_field
 from plate_refocus.xp import gpu_available
@@ -134,3 +134,18 @@ def test_cupy_richardson_lucy_agrees_with_numpy(field):
     b = richardson_lucy(field.images[0, 2], Blur.model(OPTICS, 14.0), noise=NOISE, backend="cupy")
     assert a.iterations == b.iterations and a.stop == b.stop
     np.testing.assert_allclose(b.image, a.image, rtol=1e-5, atol=1e-3)
+
+
+def test_restoring_at_many_fitted_depths_keeps_no_kernel_per_depth():
+    """A worker restores every (well, depth) at its own fitted |z|: those one-off OTFs must not
+    pile up in the process (they did: +370 MiB per worker over 48 wells of 256 x 256 fields)."""
+    from plate_refocus import optics as optics_module
+    from plate_refocus.deconvolve.blur import transfer
+
+    optics = Optics()
+    before = optics_module._otf.cache_info().currsize
+    for z in np.linspace(10.0, 11.0, 40):
+        h, _ = transfer(Blur.model(optics, float(z)), (64, 64))
+    assert transfer.cache_info().currsize <= 4
+    assert optics_module._otf.cache_info().currsize <= before + 1  # the in-focus target only
+    np.testing.assert_array_equal(h, defocus_otf((64, 64), 11.0, optics, real=True))

@@ -133,11 +133,15 @@ class Blur:
         return np.asarray(self.freq), np.asarray(self.profile)
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=4)
 def transfer(blur: Blur, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(H, T)`` in the ``rfft2`` half plane of `shape`: observed and target transfer, read-only."""
+    """``(H, T)`` in the ``rfft2`` half plane of `shape`: observed and target transfer, read-only.
+
+    Kept for the few calls of one (well, depth): its fields share one blur. A
+    fitted ``|z|`` is a one-off depth, so its OTF is not cached beyond that.
+    """
     if blur.is_model:
-        h = defocus_otf(shape, blur.defocus_um, blur.optics, real=True)
+        h = defocus_otf(shape, blur.defocus_um, blur.optics, real=True, cache=False)
         t = defocus_otf(shape, 0.0, blur.optics, real=True)
         return h, t
     _, _, rho = frequency_grid(shape, blur.optics.pixel_size_um, real=True)
