@@ -237,6 +237,8 @@ BAD = [
     (lambda p, t: ["run", str(p / "A" / "1" / "0" / "0"), str(t / "r.zarr")], "single zarr array"),
     (lambda p, t: ["run", str(p), str(t / "r.zarr"), "--model", str(t / "m.keras"), "--method",
                    "hybrid"], "does not exist"),
+    # The default method uses no network, but a model the user names is checked all the same.
+    (lambda p, t: ["run", str(p), str(t / "r.zarr"), "--model", str(t / "m.keras")], "does not exist"),
     (lambda p, t: ["run", str(p), str(t / "r.zarr"), "--channel", "dapi"], "channel 'dapi' is not"),
     (lambda p, t: ["run", str(p), str(t / "r.zarr"), "--channel", "7"], "out of range"),
     (lambda p, t: ["run", str(p), str(t / "r.zarr"), "--wells", "H13"], "not in the plate"),

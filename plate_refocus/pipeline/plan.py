@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -224,7 +225,15 @@ def _model_for(method: str, reference: str, model: Any, optics: Optics) -> tuple
 
     model_path = str(Path(model) if model is not None else default_model_path())
     if method in ("wiener", "rl") and reference != "refocused":
-        return model_path if model is not None else "", {}
+        if model is None:
+            return "", {}
+        # A model the user named is checked all the same (a typo in its path must not pass
+        # silently), and the run says that this method does not use it.
+        _check_model(model_path, optics)
+        logging.getLogger("plate_refocus.pipeline").warning(
+            "--model %s is not used: --method %s restores without a network; pass --method unet "
+            "or hybrid to use it", model_path, method)
+        return model_path, {}
     # Loaded here: a missing, corrupt or ill-fitting model fails before any worker starts,
     # and a model trained for other optics warns with both sets of numbers.
     return model_path, _check_model(model_path, optics)
