@@ -2,12 +2,13 @@
 
 Prints one table:
 
-- planes/second of the whole pipeline (U-Net, PSF, metrics, zarr writes) on a
+- planes/second of the whole pipeline (``--method``, default rl: refocus, PSF, blind
+  |z|, metrics, the results store and the refocused OME-Zarr plate with pyramids) on a
   LocalCluster of 2 single-threaded worker processes, on a simulated plate
   large enough to run for minutes (a whole 384-well plate x 2 fields x 11
   depths by default; ``--wells 96`` for a quicker check);
 - planes/second of a bare loop calling the pipeline's own pure per-(well, depth)
-  function (U-Net batch, PSF, metrics) in one process without Dask or zarr on
+  function (``process_depth``, the same method and reference) in one process without Dask or zarr on
   the same plate (pixels preloaded into memory, untimed);
 - their ratio (target: >= 1.3 on 2 cores). The two are timed in alternating
   pairs (``--pairs``, default 2) and each pair gives a ratio: on a shared
@@ -20,7 +21,8 @@ Prints one table:
 
 Usage::
 
-    python benchmarks/bench_pipeline.py [--size 256] [--wells 384] [--pairs 2] [--fields 2] [--model PATH]
+    python benchmarks/bench_pipeline.py [--size 256] [--wells 384] [--pairs 2] [--fields 2]
+        [--method rl|wiener|unet|hybrid] [--model PATH] [--no-graph]
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def _peak_rss(dask_worker) -> int:
     return dask_worker.bench_peak_rss
 
 
-def _run_pipeline(plate: Path, out: Path, model: str | None, workers: int) -> tuple[float, int, list[int]]:
+def _run_pipeline(plate: Path, out: Path, model: str | None, workers: int,
+                  method: str) -> tuple[float, int, list[int]]:
     from plate_refocus.cluster import start_client
     from plate_refocus.pipeline import run_plate
 
@@ -67,36 +70,37 @@ def _run_pipeline(plate: Path, out: Path, model: str | None, workers: int) -> tu
         client.run(_start_sampler)
         # Warm-up: every worker imports TensorFlow and loads the model once (not timed).
         warm = Path(str(out) + ".warm")
-        run_plate(plate, warm, client=client, model=model, wells=["A01"], overwrite=True)
+        run_plate(plate, warm, client=client, model=model, method=method, wells=["A01"],
+                  overwrite=True)
         shutil.rmtree(warm)
         start = time.perf_counter()
-        summary = run_plate(plate, out, client=client, model=model, overwrite=True)
+        summary = run_plate(plate, out, client=client, model=model, method=method, overwrite=True)
         seconds = time.perf_counter() - start
         peaks = list(client.run(_peak_rss).values())
     return seconds, summary.planes, peaks
 
 
-def _bare_loop(plate: Path, model_path: str | None) -> tuple[float, int]:
+def _bare_loop(plate: Path, model_path: str | None, method: str) -> tuple[float, int]:
     """The same work, one process, no Dask, no zarr: the reference the pipeline must beat.
 
-    It calls the pipeline's own pure per-(well, depth) function with the run's default method
-    and reference (this plate records its in-focus plane), so the work is the same by
+    It calls the pipeline's own pure per-(well, depth) function with the run's method and
+    reference (this plate records its in-focus plane), so the work is the same by
     construction; only the reading, writing and scheduling differ.
     """
     from plate_refocus.optics import radial_frequencies
-    from plate_refocus.pipeline import DEFAULT_METHOD, DepthSettings, process_depth
+    from plate_refocus.pipeline import DepthSettings, process_depth
     from plate_refocus.plate import open_ground_truth, open_plate, read_layout
 
     layout = read_layout(plate)
     pixels = np.asarray(open_plate(layout).isel(c=0).values)  # (well, field, z, y, x), untimed
     truth = np.asarray(open_ground_truth(plate)["in_focus"].isel(c=0).values)
-    settings = DepthSettings(optics=layout.optics, method=DEFAULT_METHOD, reference="focal-plane",
+    settings = DepthSettings(optics=layout.optics, method=method, reference="focal-plane",
                              background=layout.offset, data_range=layout.data_range,
                              backend="numpy", read_noise=float(layout.camera["read_noise"]))
     freq = radial_frequencies(layout.shape, layout.optics.pixel_size_um)
     focal = layout.focal_plane
     refocus = None
-    if DEFAULT_METHOD in ("unet", "hybrid"):
+    if method in ("unet", "hybrid"):
         from plate_refocus.unet import load_model
 
         model = load_model(model_path)
@@ -152,6 +156,10 @@ def main() -> None:
     parser.add_argument("--fields", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default=None, help="model path (default: the shipped model)")
+    parser.add_argument("--method", default="rl", choices=("rl", "wiener", "unet", "hybrid"),
+                        help="the refocusing method of both (default rl, run's default)")
+    parser.add_argument("--no-graph", action="store_true",
+                        help="skip the 384-well graph's size (2-3 minutes)")
     args = parser.parse_args()
 
     from distributed import Client, LocalCluster
@@ -161,7 +169,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
         # The graph first: it is quick, and a failure there must not cost the long timings.
-        g_bytes, g_largest, g_tasks, g_seconds = _graph_size(tmp, args.model)
+        graph = None if args.no_graph else _graph_size(tmp, args.model)
         plates = {}
         with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
                           silence_logs=40) as cluster, Client(cluster) as client:
@@ -171,12 +179,14 @@ def main() -> None:
                     tmp / f"plate{wells}.zarr", rows=rows, columns=cols, fields=args.fields,
                     size=(args.size, args.size), seed=1234, channels=("nuclei",),
                     plate_format=plate_format, client=client)
-        runs = {wells: _run_pipeline(plates[wells], tmp / f"r{wells}.zarr", args.model, args.workers)
+        runs = {wells: _run_pipeline(plates[wells], tmp / f"r{wells}.zarr", args.model, args.workers,
+                                     args.method)
                 for wells in (6, 24) if wells != args.wells}
         pairs = []  # (pipeline run, bare-loop seconds), alternating
         for _ in range(args.pairs):
-            run = _run_pipeline(plates[args.wells], tmp / f"r{args.wells}.zarr", args.model, args.workers)
-            pairs.append((run, _bare_loop(plates[args.wells], args.model)[0]))
+            run = _run_pipeline(plates[args.wells], tmp / f"r{args.wells}.zarr", args.model, args.workers,
+                                args.method)
+            pairs.append((run, _bare_loop(plates[args.wells], args.model, args.method)[0]))
             print(f"pair {len(pairs)}: pipeline {run[0]:.1f} s, bare loop {pairs[-1][1]:.1f} s",
                   file=sys.stderr, flush=True)
         runs.setdefault(args.wells, pairs[0][0])
@@ -193,7 +203,7 @@ def main() -> None:
 
     peaks6, peaks24 = max(runs[6][2]), max(runs[24][2])
     mib = 2**20
-    print(f"throughput plate: {args.wells} wells x {args.fields} fields x 11 depths, "
+    print(f"method {args.method}; throughput plate: {args.wells} wells x {args.fields} fields x 11 depths, "
           f"{args.size}x{args.size} px, 1 channel ({planes} planes); {os.cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"{len(pairs)} alternating pairs of timings; one value per pair, in order")
@@ -212,10 +222,12 @@ def main() -> None:
     print(f"{'growth 6 -> 24 wells (target < 20 %)':<56}{100 * (peaks24 / peaks6 - 1):>11.1f}%")
     if args.wells not in (6, 24):
         print(f"{f'peak RSS per worker, {args.wells} wells (MiB)':<56}{max(runs[args.wells][2]) / mib:>12.0f}")
-    print(f"{'graph, 384 wells x 2 fields x 34 planes: tasks':<56}{g_tasks:>12d}")
-    print(f"{'graph, pickled MB, all wells (target < 10)':<56}{g_bytes / 1e6:>12.2f}")
-    print(f"{'graph, pickled kB, largest well (one submission)':<56}{g_largest / 1e3:>12.1f}")
-    print(f"{'graph, seconds to build and pickle':<56}{g_seconds:>12.1f}")
+    if graph is not None:
+        g_bytes, g_largest, g_tasks, g_seconds = graph
+        print(f"{'graph, 384 wells x 2 fields x 34 planes: tasks':<56}{g_tasks:>12d}")
+        print(f"{'graph, pickled MB, all wells (target < 10)':<56}{g_bytes / 1e6:>12.2f}")
+        print(f"{'graph, pickled kB, largest well (one submission)':<56}{g_largest / 1e3:>12.1f}")
+        print(f"{'graph, seconds to build and pickle':<56}{g_seconds:>12.1f}")
 
 
 if __name__ == "__main__":

@@ -319,7 +319,7 @@ def main() -> None:
         for name, tries, completed, lost, note in fault_rows:
             print(f"| {name} | {tries} | {completed} | {lost} | {note} |")
         print()
-        print(f"input plate unchanged through all of it: {before == after}")
+        print(f"input plate unchanged through all of it (SHA-256 over every file): {before == after}")
         print()
         print("| bad input | exit | what it says |")
         print("| --- | ---: | --- |")
