@@ -338,7 +338,7 @@ def defocus_otf(
         depths asked for again and again (a simulator's planes). ``False`` for a
         one-off depth such as a fitted ``|z|``: a worker restoring a whole plate
         at continuous depths would otherwise hold hundreds of full-size kernels
-        (measured: +370 MiB per worker over 48 wells of 256 x 256 fields).
+        (measured: 326 MiB per worker after 6 wells of 256 x 256 fields, 732 after 54).
 
     Returns
     -------

@@ -138,7 +138,7 @@ def test_cupy_richardson_lucy_agrees_with_numpy(field):
 
 def test_restoring_at_many_fitted_depths_keeps_no_kernel_per_depth():
     """A worker restores every (well, depth) at its own fitted |z|: those one-off OTFs must not
-    pile up in the process (they did: +370 MiB per worker over 48 wells of 256 x 256 fields)."""
+    pile up in the process (they did: 326 MiB per worker after 6 wells of 256 px, 732 after 54)."""
     from plate_refocus import optics as optics_module
     from plate_refocus.deconvolve.blur import transfer
 
