@@ -80,13 +80,18 @@ def worker_pids(parent: int) -> list[int]:
             "multiprocessing" in " ".join(c.cmdline())]
 
 
-def wait_for_done_well(out: Path, proc: subprocess.Popen, timeout: float = 300) -> bool:
+def wells_done(out: Path) -> int:
+    """Wells a results store records as done (raises while the store is not created yet)."""
     import zarr
 
+    return int((np.asarray(zarr.open_group(str(out), mode="r")["well_status"][:]) == 1).sum())
+
+
+def wait_for_done_well(out: Path, proc: subprocess.Popen, timeout: float = 300) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if (np.asarray(zarr.open_group(str(out), mode="r")["well_status"][:]) == 1).any():
+            if wells_done(out):
                 return True
         except Exception:  # noqa: BLE001 - not created yet
             pass
@@ -164,23 +169,15 @@ def faults(tmp: Path, plate: Path, reference: Path, kills: int) -> list[tuple[st
     return rows
 
 
-def slurm_why_not() -> str | None:
-    """Why no SLURM job can run here, or None when one can."""
-    for command in ("sbatch", "squeue", "sinfo", "scancel"):
-        if shutil.which(command) is None:
-            return f"{command} not on PATH"
-    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
-    if out.returncode != 0 or not set(out.stdout.split()) & {"idle", "mixed", "allocated"}:
-        return "no usable SLURM node (as root: bash cluster/ci/start-slurm.sh)"
-    return None
-
-
 def scancel_row(tmp: Path, plate: Path, reference: Path) -> tuple[str, int, int, int, str]:
     """`run --cluster slurm` with two worker jobs; scancel one once the first well is written."""
     name = "scancel of a SLURM worker job mid-run (2 one-core jobs), no --resume"
-    why = slurm_why_not()
+    from tests.test_slurm import slurm_state
+
+    why = slurm_state()
     if why:
-        return (name, 0, 0, 0, f"not tried: {why}; CI runs tests/test_slurm.py against a real SLURM")
+        return (name, 0, 0, 0, f"not tried: {why} (as root: bash cluster/ci/start-slurm.sh); "
+                               "CI runs tests/test_slurm.py against a real SLURM")
     job = f"reliab-{os.getpid()}"
     env = dict(os.environ, DASK_JOBQUEUE__SLURM__NAME=job,
                DASK_JOBQUEUE__SLURM__LOG_DIRECTORY=str(tmp / "slurm-logs"),
@@ -196,11 +193,9 @@ def scancel_row(tmp: Path, plate: Path, reference: Path) -> tuple[str, int, int,
         jobs = subprocess.run(["squeue", "-h", "--name", job, "-o", "%i"], capture_output=True,
                               text=True, timeout=10).stdout.split()
         if jobs:
-            subprocess.run(["scancel", sorted(jobs)[0]], timeout=10)
-            import zarr
-
-            done = int((np.asarray(zarr.open_group(str(out), mode="r")["well_status"][:]) == 1).sum())
-            note = f"job {sorted(jobs)[0]} cancelled with {done} wells written; the keeper replaced it"
+            victim = sorted(jobs)[0]
+            subprocess.run(["scancel", victim], timeout=10)
+            note = f"job {victim} cancelled with {wells_done(out)} wells written; the keeper replaced it"
     try:
         proc.communicate(timeout=600)
     except subprocess.TimeoutExpired:

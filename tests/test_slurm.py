@@ -26,7 +26,7 @@ from plate_refocus import cluster
 from plate_refocus.results import open_results
 
 
-def _slurm_state() -> str | None:
+def slurm_state() -> str | None:
     """Why SLURM cannot run jobs here, or None when it can."""
     for command in ("sbatch", "squeue", "sinfo", "scancel"):
         if shutil.which(command) is None:
@@ -42,7 +42,7 @@ def _slurm_state() -> str | None:
     return None
 
 
-_WHY_NOT = _slurm_state()
+_WHY_NOT = slurm_state()
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.slow,

@@ -31,6 +31,8 @@ from ..results import (
 from .compute import METHODS, DepthSettings
 from .tasks import RunJob, well_graph
 
+log = logging.getLogger("plate_refocus.pipeline")
+
 __all__ = ["REFERENCES", "DEFAULT_METHOD", "DTYPES", "MIN_IMAGE_SIZE", "RunPlan", "plan_run", "with_statuses",
            "plate_graph_size"]
 
@@ -196,14 +198,12 @@ def _checked_layout(plate: Any, z_step_um: float | None, optics: dict[str, float
                     focal_plane: int | None, reference: str,
                     wells: Sequence[str] | None) -> PlateLayout:
     """The plate's layout with the flags applied, checked for what a run needs."""
-    import logging
-
     from ..plate import override_layout
 
     layout, notes = override_layout(read_layout(plate, z_step_um=z_step_um),
                                     focal_plane=focal_plane, **optics)
     for note in notes:
-        logging.getLogger("plate_refocus.pipeline").warning("%s", note)
+        log.warning("%s", note)
     _check_size(layout)
     if reference == "focal-plane" and layout.focal_plane is None:
         raise PlateLayoutError(
@@ -230,7 +230,7 @@ def _model_for(method: str, reference: str, model: Any, optics: Optics) -> tuple
         # A model the user named is checked all the same (a typo in its path must not pass
         # silently), and the run says that this method does not use it.
         _check_model(model_path, optics)
-        logging.getLogger("plate_refocus.pipeline").warning(
+        log.warning(
             "--model %s is not used: --method %s restores without a network; pass --method unet "
             "or hybrid to use it", model_path, method)
         return model_path, {}
