@@ -193,14 +193,19 @@ def _fit_linear(design: np.ndarray, power: np.ndarray, dof: np.ndarray, iteratio
     shape = design.shape[:-1]
     t = design.reshape(-1, design.shape[-1])
     floor = 1e-9 * float(np.median(power))
-    w = np.broadcast_to(dof / power**2, t.shape)
-    for _ in range(iterations):
-        wt = w * t
-        stt = (wt * t).sum(axis=1)
-        st1 = wt.sum(axis=1)
-        stp = wt @ power
-        s11 = w.sum(axis=1)
-        s1p = w @ power
+    w = None
+    for iteration in range(iterations):
+        if w is None:  # the data's own weights are one row for every model: matrix-vector products
+            w0 = dof / power**2
+            stt, st1, stp = (t * t) @ w0, t @ w0, t @ (w0 * power)
+            s11, s1p = float(w0.sum()), float(w0 @ power)
+        else:
+            wt = w * t
+            stt = np.einsum("ij,ij->i", wt, t)
+            st1 = wt.sum(axis=1)
+            stp = wt @ power
+            s11 = w.sum(axis=1)
+            s1p = w @ power
         det = stt * s11 - st1 * st1
         det = np.where(det > 0, det, np.inf)
         a = (stp * s11 - st1 * s1p) / det
@@ -212,7 +217,8 @@ def _fit_linear(design: np.ndarray, power: np.ndarray, dof: np.ndarray, iteratio
         a = np.where(low_a, 0.0, a)
         n = np.where(low_a, np.maximum(s1p / s11, floor), n)
         model = a[:, None] * t + n[:, None]
-        w = dof / model**2
+        if iteration + 1 < iterations:
+            w = dof / model**2
     nll = (dof * (power / model + np.log(model))).sum(axis=1)
     return nll.reshape(shape), a.reshape(shape), n.reshape(shape), model.reshape(*shape, -1)
 
