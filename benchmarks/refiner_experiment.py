@@ -1,0 +1,213 @@
+"""Feasibility of issue 14's "refine the physics estimate": can a small network beat RL on unseen cells?
+
+An experiment, not project code: it decides whether a network fed the plane and
+its Richardson-Lucy restoration (the run's default) earns a place in `run`.
+
+1. Training pairs, simulated on the fly, from the families the benchmark does *not*
+   hold out (u2os, smooth, confluent, sparse, clusters, fibroblast, hazy) and all
+   three stains, 300-20,000 photons, |z| 0-36 um, report optics: the plane, RL at
+   the true |z| plus an error (sd 0.5 um, like the blind estimate's), the in-focus
+   truth; all offset-subtracted and divided by the plane's 99.9th percentile.
+2. A small residual U-Net (2 channels in: plane and RL; out: RL + a correction),
+   trained with MSE.
+3. Held-out families of `generalization.py` (small-nuclei, large-nuclei, textured,
+   mitotic; nuclei; 2000 photons, and 500 for a dimmer plate), 3-field wells of
+   256 px: PSNR (data range 4095) of the input, RL at the well's blind |z|
+   (the run's default without a reference), the network on that RL output, and RL at
+   the true |z|.
+
+    python benchmarks/refiner_experiment.py                  # ~40 min on 2 cores
+    python benchmarks/refiner_experiment.py --quick          # ~3 min, code path only
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+from plate_refocus.deconvolve import Blur, NoiseModel, richardson_lucy
+from plate_refocus.focus import blind_defocus, power_spectrum, restoration_depth
+from plate_refocus.metrics import psnr
+from plate_refocus.optics import Optics
+from plate_refocus.simulate import Camera, simulate_field
+
+OPTICS = Optics()
+TRAIN_FAMILIES = ("u2os", "smooth", "confluent", "sparse", "clusters", "fibroblast", "hazy")
+HELD_OUT = ("small-nuclei", "large-nuclei", "textured", "mitotic")
+STAINS = ("nuclei", "actin", "cytoplasm")
+RANGE = 4095.0
+
+
+def _family(name: str) -> str | None:
+    return None if name == "u2os" else name
+
+
+def _scale(plane: np.ndarray, offset: float) -> float:
+    return max(float(np.percentile(plane, 99.9)) - offset, 20.0)
+
+
+def training_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(2, Y, X) input (plane, RL) and (Y, X) target, normalised; one random field."""
+    family = str(rng.choice(TRAIN_FAMILIES))
+    stain = "nuclei" if family == "u2os" else str(rng.choice(STAINS))
+    photons = float(np.exp(rng.uniform(np.log(300), np.log(20000))))
+    camera = Camera(photons=photons)
+    z = float(rng.uniform(0.0, 36.0))
+    out = simulate_field((size, size), [z], seed=int(rng.integers(2**31)), optics=OPTICS, camera=camera,
+                         channels=(stain,), family=_family(family))
+    plane, truth = out.images[0, 0].astype(np.float32), out.in_focus[0]
+    z_used = max(0.0, z + float(rng.normal(0.0, 0.5)))
+    restored = richardson_lucy(plane, Blur.model(OPTICS, z_used), noise=NoiseModel.from_camera(camera)).image
+    s = _scale(plane, camera.offset)
+    x = np.stack([(plane - camera.offset) / s, (restored - camera.offset) / s])
+    return x.astype(np.float32), ((truth - camera.offset) / s).astype(np.float32)
+
+
+def build(filters: int, depth: int):
+    import keras
+    from keras import layers
+
+    inp = keras.Input((None, None, 2))
+    x, skips = inp, []
+    for level in range(depth):
+        x = layers.Conv2D(filters * 2**level, 3, padding="same", activation="relu")(x)
+        x = layers.Conv2D(filters * 2**level, 3, padding="same", activation="relu")(x)
+        skips.append(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(filters * 2**depth, 3, padding="same", activation="relu")(x)
+    for level in reversed(range(depth)):
+        x = layers.Conv2DTranspose(filters * 2**level, 2, strides=2, padding="same")(x)
+        x = layers.Concatenate()([x, skips[level]])
+        x = layers.Conv2D(filters * 2**level, 3, padding="same", activation="relu")(x)
+        x = layers.Conv2D(filters * 2**level, 3, padding="same", activation="relu")(x)
+    correction = layers.Conv2D(1, 1)(x)
+    rl = layers.Lambda(lambda t: t[..., 1:2])(inp)
+    return keras.Model(inp, layers.Add()([rl, correction]))
+
+
+def refine(model, plane: np.ndarray, restored: np.ndarray, offset: float, divisor: int) -> np.ndarray:
+    s = _scale(plane, offset)
+    x = np.stack([(plane - offset) / s, (restored - offset) / s], axis=-1)[None].astype(np.float32)
+    ny, nx = plane.shape
+    py, px = (-ny) % divisor, (-nx) % divisor
+    x = np.pad(x, ((0, 0), (0, py), (0, px), (0, 0)), mode="reflect")
+    y = model.predict(x, verbose=0)[0, :ny, :nx, 0]
+    return y * s + offset
+
+
+def evaluate(model, args, divisor: int) -> list[str]:
+    rows = ["| family | photons | \\|z\\| um | blind \\|z\\| | input | RL blind (run default) | refiner on RL blind "
+            "| gain over RL | RL true \\|z\\| |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    gains = []
+    for family in HELD_OUT[: args.families]:
+        for photons in args.photons:
+            camera = Camera(photons=photons)
+            noise = NoiseModel.from_camera(camera)
+            for z in args.depths:
+                fields = [simulate_field((args.eval_size,) * 2, [z], seed=np.random.SeedSequence([4242, f, int(z)]),
+                                         optics=OPTICS, camera=camera, channels=("nuclei",),
+                                         family=_family(family)) for f in range(3)]
+                planes = [f.images[0, 0].astype(np.float32) for f in fields]
+                truths = [f.in_focus[0] for f in fields]
+                spectra = power_spectrum(np.stack(planes), OPTICS.pixel_size_um, background=camera.offset,
+                                         backend="numpy")
+                estimate = blind_defocus(spectra, OPTICS)
+                z_blind = restoration_depth(estimate)
+                scores = np.zeros((3, 4))
+                for i, (plane, truth) in enumerate(zip(planes, truths, strict=True)):
+                    rl_blind = richardson_lucy(plane, Blur.model(OPTICS, z_blind), noise=noise).image
+                    rl_true = richardson_lucy(plane, Blur.model(OPTICS, z), noise=noise).image
+                    refined = refine(model, plane, rl_blind, camera.offset, divisor)
+                    scores[i] = [psnr(truth, img, data_range=RANGE) for img in (plane, rl_blind, refined, rl_true)]
+                m = scores.mean(axis=0)
+                if 10 <= z <= 30:
+                    gains.append(m[2] - m[1])
+                rows.append(f"| {family} | {photons:g} | {z:g} | {z_blind:.1f} | {m[0]:.2f} | {m[1]:.2f} | "
+                            f"{m[2]:.2f} | {m[2] - m[1]:+.2f} | {m[3]:.2f} |")
+    if gains:
+        rows.append("")
+        rows.append(f"gain of the refiner over RL blind at 10-30 um: min {min(gains):+.2f}, "
+                    f"mean {np.mean(gains):+.2f}, max {max(gains):+.2f} dB over {len(gains)} (family, photons, depth)")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--pairs", type=int, default=1200, help="training fields")
+    parser.add_argument("--size", type=int, default=128, help="training field size")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--filters", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--eval-size", type=int, default=256)
+    parser.add_argument("--families", type=int, default=4)
+    parser.add_argument("--out", default="scratch/refiner_experiment.md")
+    args = parser.parse_args()
+    args.depths = [0.0, 5.0, 10.0, 20.0, 30.0]
+    args.photons = [2000.0, 500.0]
+    if args.quick:
+        args.pairs, args.epochs, args.families, args.eval_size = 24, 1, 1, 128
+        args.depths, args.photons = [20.0], [2000.0]
+
+    import keras
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+    keras.utils.set_random_seed(7)
+    rng = np.random.default_rng(7)
+    t0 = time.perf_counter()
+    pairs = [training_pair(rng, args.size) for _ in range(args.pairs)]
+    x = np.stack([p[0] for p in pairs]).transpose(0, 2, 3, 1)
+    y = np.stack([p[1] for p in pairs])[..., None]
+    t_data = time.perf_counter() - t0
+    # augmentation: the 8 flips and rotations, drawn once per epoch
+    model = build(args.filters, args.depth)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    n_val = max(1, len(x) // 10)
+    t0 = time.perf_counter()
+    history = []
+    for epoch in range(args.epochs):
+        k = epoch % 4
+        xa, ya = np.rot90(x[n_val:], k, axes=(1, 2)), np.rot90(y[n_val:], k, axes=(1, 2))
+        if epoch % 8 >= 4:
+            xa, ya = xa[:, ::-1], ya[:, ::-1]
+        if epoch == args.epochs // 2:
+            model.optimizer.learning_rate.assign(3e-4)
+        h = model.fit(np.ascontiguousarray(xa), np.ascontiguousarray(ya), batch_size=16, epochs=1, verbose=0,
+                      validation_data=(x[:n_val], y[:n_val]))
+        history.append((h.history["loss"][-1], h.history["val_loss"][-1]))
+        print(f"epoch {epoch + 1}: loss {history[-1][0]:.5f} val {history[-1][1]:.5f}", flush=True)
+    t_train = time.perf_counter() - t0
+    rl_only = float(np.mean((x[:n_val, ..., 1:2] - y[:n_val]) ** 2))
+    divisor = 2**args.depth
+    t0 = time.perf_counter()
+    table = evaluate(model, args, divisor)
+    t_eval = time.perf_counter() - t0
+    plane = np.full((520, 696), 300.0, np.float32)
+    refine(model, plane, plane, 100.0, divisor)
+    t = math.inf
+    for _ in range(3):
+        s = time.perf_counter()
+        refine(model, plane, plane, 100.0, divisor)
+        t = min(t, time.perf_counter() - s)
+    lines = [f"refiner: U-Net depth {args.depth}, {args.filters} filters, {model.count_params()} parameters; "
+             f"{args.pairs} training fields of {args.size} px ({t_data:.0f} s to simulate and restore), "
+             f"{args.epochs} epochs ({t_train:.0f} s); validation MSE {history[-1][1]:.5f} against "
+             f"{rl_only:.5f} for RL alone (normalised units); {1 / t:.1f} images/s at 520 x 696 "
+             f"({os.cpu_count()} cores); evaluation {t_eval:.0f} s", "", *table]
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as fh:
+        fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
