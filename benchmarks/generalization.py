@@ -342,9 +342,9 @@ def throughput(args):
         return best
 
     x = images[0, 0].astype(np.float64)
-    t_fft = cpu(lambda: scipy.fft.rfft2(x, workers=1), 5)
+    t_fft = cpu(lambda: scipy.fft.rfft2(x, workers=1), 20)
     lines.append(f"| rfft2 of one field | {t_fft * 1e3:.1f} | {1 / t_fft:.0f} |")
-    t_ps = cpu(lambda: power_spectrum(images[0, 0], 0.3, background=100.0, backend="numpy"), 5)
+    t_ps = cpu(lambda: power_spectrum(images[0, 0], 0.3, background=100.0, backend="numpy"), 10)
     lines.append(f"| power_spectrum of one field (window, FFT, rings) | {t_ps * 1e3:.1f} | {1 / t_ps:.0f} |")
     for optics, name in ((REPORT, "report"), (SECOND, "second")):
         imgs = images if optics is REPORT else simulate(SECOND, "u2os", [10.0, 30.0], 9, size, seed=778)[0]
@@ -352,7 +352,7 @@ def throughput(args):
             spectra = [power_spectrum(p, optics.pixel_size_um, background=100.0) for p in imgs[:, j]]
             for n in (3, 9):
                 pooled = sum(spectra[:n])
-                t_fit = cpu(lambda p=pooled, o=optics: blind_defocus(p, o))
+                t_fit = cpu(lambda p=pooled, o=optics: blind_defocus(p, o), 10)
                 lines.append(f"| blind_defocus, {name} optics, {depth:g} um, {n} fields | {t_fit * 1e3:.1f} | "
                              f"{1 / t_fit:.0f} ({t_fit / (n * t_fft):.2f} x its {n} FFTs) |")
     for j, depth in enumerate((10.0, 30.0)):

@@ -209,3 +209,18 @@ def test_cupy_ring_power_agrees_with_numpy(report_stack):
     b = power_spectrum(planes[:, 2], REPORT.pixel_size_um, background=OFFSET, backend="cupy")
     np.testing.assert_allclose(b.power, a.power, rtol=1e-9)
     assert blind_defocus(a, REPORT).defocus_um == pytest.approx(blind_defocus(b, REPORT).defocus_um, abs=1e-6)
+
+
+def test_notch_table_is_the_largest_rise_after_a_dip_within_each_prefix():
+    from plate_refocus.focus.blind import notch_table
+
+    rng = np.random.default_rng(3)
+    k2 = rng.random((4, 12)) ** 3
+    k2[1, 4] = 0.0  # an exact zero of the OTF
+    table = notch_table(k2)
+    for z in range(4):
+        for m in range(13):
+            pairs = [k2[z, j] / max(k2[z, i], 1e-300) for i in range(m) for j in range(i + 1, m)]
+            assert table[z, m] == pytest.approx(max(pairs, default=0.0), rel=1e-12)
+    monotone = np.linspace(1.0, 0.0, 12)[None] ** 2  # no rise after a dip: never above 1
+    assert notch_table(monotone).max() <= 1.0

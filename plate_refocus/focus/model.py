@@ -223,10 +223,13 @@ def _fit_linear(design: np.ndarray, power: np.ndarray, dof: np.ndarray, iteratio
     return nll.reshape(shape), a.reshape(shape), n.reshape(shape), model.reshape(*shape, -1)
 
 
+@lru_cache(maxsize=16)
 def local_offsets(width: float) -> np.ndarray:
-    """A 3 x 3 stencil of ``(beta, gamma)`` offsets, ``gamma`` steps twice ``beta``'s, (9, 2)."""
+    """A 3 x 3 stencil of ``(beta, gamma)`` offsets, ``gamma`` steps twice ``beta``'s, (9, 2), read-only."""
     db, dg = np.meshgrid([-width, 0.0, width], [-2 * width, 0.0, 2 * width], indexing="ij")
-    return np.stack([db.ravel(), dg.ravel()], axis=-1)
+    out = np.stack([db.ravel(), dg.ravel()], axis=-1)
+    out.flags.writeable = False
+    return out
 
 
 def profile_over_shapes(axis, operator_band, k2, shapes, power, dof, cutoff):
