@@ -151,6 +151,8 @@ LAYOUTS = {6: (2, 3, 96), 24: (4, 6, 96), 96: (8, 12, 96), 384: (16, 24, 384)}
 
 
 def main() -> None:
+    from plate_refocus.pipeline import DEFAULT_METHOD, METHODS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=256, help="field size in pixels")
     parser.add_argument("--wells", type=int, default=384, choices=(24, 96, 384),
@@ -160,8 +162,8 @@ def main() -> None:
     parser.add_argument("--fields", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default=None, help="model path (default: the shipped model)")
-    parser.add_argument("--method", default="rl", choices=("rl", "wiener", "unet", "hybrid"),
-                        help="the refocusing method of both (default rl, run's default)")
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                        help=f"the refocusing method of both (default {DEFAULT_METHOD}, run's default)")
     parser.add_argument("--no-graph", action="store_true",
                         help="skip the 384-well graph's size (2-3 minutes)")
     args = parser.parse_args()
