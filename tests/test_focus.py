@@ -123,6 +123,22 @@ def test_blind_fit_handles_an_undersampling_camera(second_stack, index, depth):
         assert est.interval_um[0] <= depth <= est.interval_um[1]
 
 
+@pytest.mark.parametrize("optics_name", ["report", "second"])
+def test_strided_profile_gives_the_estimate_of_the_full_profile(report_stack, second_stack, monkeypatch,
+                                                                optics_name):
+    """Step 2 evaluates a stride of the near |z| and fills in around low ones: same answer as all of them."""
+    import plate_refocus.focus.blind as blind
+
+    optics, (_, planes) = (REPORT, report_stack) if optics_name == "report" else (SECOND, second_stack)
+    spectra = [pooled(planes[:k, i], optics) for i in range(planes.shape[1]) for k in (1, planes.shape[0])]
+    strided = [blind_defocus(p, optics, max_defocus_um=40.0) for p in spectra]
+    monkeypatch.setattr(blind, "PROFILE_STRIDE", 1)
+    full = [blind_defocus(p, optics, max_defocus_um=40.0) for p in spectra]
+    for a, b in zip(strided, full, strict=True):
+        assert a.defocus_um == b.defocus_um and a.interval_um == b.interval_um
+        assert a.identifiable == b.identifiable and a.dispersion == b.dispersion
+
+
 @pytest.mark.parametrize("index", [0, 1])
 def test_interval_is_wide_near_focus(report_stack, index):
     depths, planes = report_stack

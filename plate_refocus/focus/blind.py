@@ -40,6 +40,8 @@ SCAN_BETAS: tuple[float, ...] = tuple(float(b) for b in np.arange(0.0, 5.01, 1.0
 #: ``|K_z|^2`` must rise again by this factor after a dip, inside the band where the
 #: signal exceeds the noise, before ``|z|`` counts as identifiable (see :func:`blind_defocus`).
 NOTCH_CONTRAST = 1.25
+#: Step 2 of the fit evaluates every this-many-th ``|z|`` the scan keeps, then fills in around the low ones.
+PROFILE_STRIDE = 3
 #: Bartlett bandwidth (rings) of the long-run variance that scales the profile likelihood.
 BANDWIDTH_RINGS = 16
 
@@ -380,7 +382,7 @@ def _coarse_profile(problem: _Problem, chi2: np.ndarray, power: np.ndarray, dof:
     near = np.flatnonzero(0.5 * (scan - scan[j0]) / scale <= margin)
     profile = float(nll0[0]) + 0.5 * (scan - scan[j0])
     shape_z = shapes[:, 1].copy()
-    profile[near], shape_z[near] = profile_over_shapes(axis, operator_band, k2[near], shapes[near], power, dof, cutoff)
+    _strided_profile(problem, near, scan, shapes, profile, shape_z, power, dof, cutoff, scale * margin)
     # 3. where the profile is low, refine the shapes on local grids (the profile there sets the interval)
     for width in (0.5, 0.25, 0.125):
         near = np.flatnonzero((profile - profile.min()) / scale <= 4.0 * threshold + 2.0)
@@ -390,6 +392,45 @@ def _coarse_profile(problem: _Problem, chi2: np.ndarray, power: np.ndarray, dof:
         profile[near] = np.where(improved, better, profile[near])
         shape_z[near] = np.where(improved[:, None], better_shape, shape_z[near])
     return profile, shape_z
+
+
+def _strided_profile(problem: _Problem, near: np.ndarray, scan: np.ndarray, shapes: np.ndarray, profile: np.ndarray,
+                     shape_z: np.ndarray, power: np.ndarray, dof: np.ndarray, cutoff: float, margin: float) -> None:
+    """Step 2 on the `near` ``|z|``, in place: the scan's local minima and every :data:`PROFILE_STRIDE`-th
+    first, then around the low ones.
+
+    A near ``|z|`` is evaluated when it lies within a stride (in `near`'s
+    order) of an evaluated one whose NLL is within `margin` of the least, until
+    no more qualify; the rest take the NLL interpolated between the evaluated
+    ``|z|`` either side, both more than `margin` above the least, so they stay
+    out of every later step and of the interval. The profile's basin can be
+    one coarse step wide (a stride would step over it) but the scan has a
+    local minimum there, so those are always evaluated. At NA 0.45 the scan
+    keeps nearly all of its 141 ``|z|`` near: this evaluates about half.
+    """
+    stride = PROFILE_STRIDE
+    padded = np.concatenate([[np.inf], scan, [np.inf]])
+    dips = (scan <= padded[:-2]) & (scan <= padded[2:])
+    done = dips[near].copy()
+    done[::stride] = True
+    done[-1] = True
+    todo = np.flatnonzero(done)
+    while todo.size:
+        idx = near[todo]
+        profile[idx], shape_z[idx] = profile_over_shapes(problem.axis, problem.operator, problem.k2[idx],
+                                                         shapes[idx], power, dof, cutoff)
+        evaluated = np.flatnonzero(done)
+        low = evaluated[profile[near[evaluated]] - profile[near[evaluated]].min() <= margin]
+        marks = np.zeros(near.size)
+        marks[low] = 1.0
+        around = np.convolve(marks, np.ones(2 * stride - 1))[stride - 1 : stride - 1 + near.size] > 0
+        todo = np.flatnonzero(around & ~done)
+        done |= around
+    skipped = near[~done]
+    if skipped.size:
+        kept = near[done]
+        profile[skipped] = np.interp(problem.zs[skipped], problem.zs[kept], profile[kept])
+        shape_z[skipped] = shapes[skipped, 1]
 
 
 def _refine(problem: _Problem, profile: np.ndarray, shape_z: np.ndarray, power: np.ndarray, dof: np.ndarray,

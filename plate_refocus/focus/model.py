@@ -183,6 +183,17 @@ def ring_design(
     return design / scale, scale[..., 0]
 
 
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a 1-D array (same value) by one partition: np.median's overhead is 0.1 ms, a
+    tenth of a fit's time when every IRLS call pays it."""
+    n = values.size
+    k = n // 2
+    if n % 2:
+        return float(np.partition(values, k)[k])
+    lower, upper = np.partition(values, (k - 1, k))[k - 1 : k + 1]
+    return float((lower + upper) / 2)
+
+
 def _fit_linear(design: np.ndarray, power: np.ndarray, dof: np.ndarray, iterations: int = 2):
     """Whittle fit of ``M = a T + N`` (``a >= 0``, ``N > 0``) for every row of `design`.
 
@@ -192,7 +203,7 @@ def _fit_linear(design: np.ndarray, power: np.ndarray, dof: np.ndarray, iteratio
     """
     shape = design.shape[:-1]
     t = design.reshape(-1, design.shape[-1])
-    floor = 1e-9 * float(np.median(power))
+    floor = 1e-9 * _median(power)
     w = None
     for iteration in range(iterations):
         if w is None:  # the data's own weights are one row for every model: matrix-vector products
@@ -235,8 +246,9 @@ def local_offsets(width: float) -> np.ndarray:
 def profile_over_shapes(axis, operator_band, k2, shapes, power, dof, cutoff):
     """Whittle NLL minimised over candidate shapes per ``|z|``: `shapes` (Z, C, 2) -> (Z,), (Z, 2)."""
     shapes = shapes.copy()
-    shapes[..., 0] = np.clip(shapes[..., 0], 0.0, BETA_MAX)
-    shapes[..., 1] = np.clip(shapes[..., 1], 0.0, GAMMA_GRID[-1])
+    # np.minimum/np.maximum: np.clip's dispatch costs more than the clipping on these small arrays
+    shapes[..., 0] = np.minimum(np.maximum(shapes[..., 0], 0.0), BETA_MAX)
+    shapes[..., 1] = np.minimum(np.maximum(shapes[..., 1], 0.0), GAMMA_GRID[-1])
     f = np.maximum(axis, axis[1])
     law = np.exp(-shapes[..., 0:1] * np.log(f) - shapes[..., 1:2] * (f / cutoff) ** 2)  # (Z, C, K)
     law /= law.max(axis=-1, keepdims=True)
