@@ -365,7 +365,7 @@ def throughput(args):
                 pooled = sum(spectra[:n])
                 blind_defocus(pooled, optics)
                 t_fit, t_ffts = interleaved(lambda p=pooled, o=optics: blind_defocus(p, o),
-                                            lambda: [scipy.fft.rfft2(x, workers=1) for _ in range(n)], 15)
+                                            lambda n=n: [scipy.fft.rfft2(x, workers=1) for _ in range(n)], 15)
                 lines.append(f"| blind_defocus, {name} optics, {depth:g} um, {n} fields | {t_fit * 1e3:.1f} | "
                              f"{1 / t_fit:.0f} ({t_fit / t_ffts:.2f} x its {n} FFTs, {t_ffts * 1e3:.1f} ms "
                              "timed in turn with it) |")
