@@ -47,6 +47,22 @@ def test_run_bad_input_is_one_line_without_traceback(tiny_plate, tmp_path, make_
     assert len([line for line in done.stderr.splitlines() if "error:" in line]) == 1
 
 
+def test_run_refuses_a_model_trained_for_other_optics_before_any_work(tiny_plate, tiny_model, tmp_path):
+    out = tmp_path / "r.zarr"
+    done = cli("run", str(tiny_plate), str(out), "--model", str(tiny_model), "--method", "unet",
+               "--na", "0.45", "--workers", "1")
+    assert done.returncode == 2, done.stderr
+    assert "trained for optics {'na': 0.25}" in done.stderr and "--method rl" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if "error:" in line]) == 1
+    assert not out.exists()
+    # 2 % apart: the run goes ahead and says so
+    near = cli("run", str(tiny_plate), str(out), "--model", str(tiny_model), "--method", "unet",
+               "--pixel-size", "0.306", "--dry-run")
+    assert near.returncode == 0, near.stderr
+    assert "trained for optics {'pixel_size_um': 0.3}" in near.stderr
+
+
 def test_run_prints_dashboard_progress_and_summary(tiny_plate, tiny_model, tmp_path):
     out = tmp_path / "r.zarr"
     done = cli("run", str(tiny_plate), str(out), "--model", str(tiny_model), "--workers", "1",

@@ -252,6 +252,14 @@ def test_optics_mismatch_warns_with_both_values(tiny):
         assert tiny.check_optics(Optics(na=0.45)) is False
 
 
+def test_optics_far_from_the_training_optics_are_refused_when_asked(tiny):
+    with pytest.raises(ModelError, match=r"trained for optics \{'na': 0.25\}.*\{'na': 0.45\}.*--method rl"):
+        tiny.check_optics(Optics(na=0.45), refuse_beyond=0.05)
+    with pytest.warns(OpticsMismatchWarning, match="pixel_size_um"):  # 4 % apart: a warning only
+        assert tiny.check_optics(Optics(pixel_size_um=0.312), refuse_beyond=0.05) is False
+    assert tiny.check_optics(Optics(), refuse_beyond=0.05) is True
+
+
 # --- model files ------------------------------------------------------------------------------
 
 

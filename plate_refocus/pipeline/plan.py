@@ -78,9 +78,10 @@ class RunPlan:
 
 def _check_model(model_path: str, optics: Optics) -> dict[str, Any]:
     from ..unet import load_model
+    from ..unet.model import OPTICS_TOLERANCE
 
     model = load_model(model_path)  # refuses models whose input/output do not fit
-    model.check_optics(optics)
+    model.check_optics(optics, refuse_beyond=OPTICS_TOLERANCE)  # and models of other optics
     return model.info.to_dict()
 
 
@@ -234,8 +235,8 @@ def _model_for(method: str, reference: str, model: Any, optics: Optics) -> tuple
             "--model %s is not used: --method %s restores without a network; pass --method unet "
             "or hybrid to use it", model_path, method)
         return model_path, {}
-    # Loaded here: a missing, corrupt or ill-fitting model fails before any worker starts,
-    # and a model trained for other optics warns with both sets of numbers.
+    # Loaded here: a missing, corrupt or ill-fitting model, or one trained for other optics, fails
+    # before any worker starts; optics within OPTICS_TOLERANCE warn with both sets of numbers.
     return model_path, _check_model(model_path, optics)
 
 

@@ -38,6 +38,9 @@ __all__ = [
 
 #: Version of the JSON metadata layout written by :func:`~plate_refocus.unet.save_model`.
 FORMAT_VERSION = 1
+#: ``run`` refuses a model whose training optics differ from the plate's by more than this fraction
+#: in any parameter (NA, wavelength, immersion index, pixel size); closer ones only warn.
+OPTICS_TOLERANCE = 0.05
 
 
 # --- normalisation ----------------------------------------------------------------------------
@@ -279,8 +282,23 @@ class RefocusModel:
 
     # -- checks --
 
-    def check_optics(self, optics: Optics) -> bool:
-        """Warn (:class:`OpticsMismatchWarning`) when ``optics`` differ from the training optics.
+    def check_optics(self, optics: Optics, *, refuse_beyond: float | None = None) -> bool:
+        """Compare ``optics`` with the training optics: warn when they differ, refuse when far apart.
+
+        The network is not told the optics: it learned one objective's blur at
+        one pixel size, and on another it restores the wrong blur without
+        saying so (on the depth issue's NA 0.45 plates the shipped model lost
+        to the input at every depth).
+
+        Parameters
+        ----------
+        optics : Optics
+            The plate's (or the run's) optics.
+        refuse_beyond : float, optional
+            Raise :class:`~plate_refocus.errors.ModelError` when any parameter
+            differs by more than this fraction (``run`` uses
+            :data:`OPTICS_TOLERANCE`); below it, and without it, a difference
+            above 0.1 % only warns (:class:`OpticsMismatchWarning`).
 
         Returns
         -------
@@ -290,17 +308,25 @@ class RefocusModel:
         if not isinstance(optics, Optics):
             raise TypeError(f"optics must be an Optics, got {type(optics).__name__}")
         differ = self.info.optics.differs_from(optics)
-        if differ:
-            trained = {k: self.info.optics.to_dict()[k] for k in differ}
-            given = {k: optics.to_dict()[k] for k in differ}
-            warnings.warn(
-                f"model {self.info.name!r} was trained for optics {trained} but the data has {given}; "
-                "its output may be wrong. Train a model for these optics with "
-                "`plate-refocus train` (see --na/--wavelength/--pixel-size).",
-                OpticsMismatchWarning,
-                stacklevel=2,
+        if not differ:
+            return True
+        trained = {k: self.info.optics.to_dict()[k] for k in differ}
+        given = {k: optics.to_dict()[k] for k in differ}
+        if refuse_beyond is not None and self.info.optics.differs_from(optics, rtol=refuse_beyond):
+            raise ModelError(
+                f"model {self.info.name!r} was trained for optics {trained} but the plate has {given} "
+                f"(more than {refuse_beyond:.0%} apart) and would restore the wrong blur: fine-tune it on "
+                "these optics (`plate-refocus train --init MODEL` with --na/--wavelength/--pixel-size), "
+                "or restore without a network (--method rl)"
             )
-        return not differ
+        warnings.warn(
+            f"model {self.info.name!r} was trained for optics {trained} but the data has {given}; "
+            "its output may be wrong. Train a model for these optics with "
+            "`plate-refocus train` (see --na/--wavelength/--pixel-size).",
+            OpticsMismatchWarning,
+            stacklevel=2,
+        )
+        return False
 
     # -- prediction --
 
