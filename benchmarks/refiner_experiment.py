@@ -18,6 +18,14 @@ its Richardson-Lucy restoration (the run's default) earns a place in `run`.
 
     python benchmarks/refiner_experiment.py                  # ~40 min on 2 cores
     python benchmarks/refiner_experiment.py --quick          # ~3 min, code path only
+    python benchmarks/refiner_experiment.py --with-depth     # (a) + (b): also told the blind |z|
+
+``--with-depth`` is issue 14's (a) on top of (b): the network is also given
+the well's blind estimate as the run computes it (the restoration depth and the
+95 % interval, as constant input channels), and RL is run at that restoration
+depth in training too (three fields of a draw pooled for the blind fit, as in a
+3-field well), so near focus, where the interval says ``|z|`` cannot be told,
+it can learn what to do from the cells instead of from ``|z|``.
 """
 
 from __future__ import annotations
@@ -70,11 +78,43 @@ def training_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
     return x.astype(np.float32), ((truth - camera.offset) / s).astype(np.float32)
 
 
-def build(filters: int, depth: int):
+def depth_channels(estimate) -> list[float]:
+    """The blind estimate as the network sees it: restoration depth and interval, over 36 um."""
+    lo, hi = estimate.interval_um
+    return [restoration_depth(estimate) / 36.0, lo / 36.0, min(hi, 60.0) / 36.0]
+
+
+def training_group(rng: np.random.Generator, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Three (5, Y, X) inputs (plane, RL at the blind depth, the blind estimate) and targets, one draw."""
+    family = str(rng.choice(TRAIN_FAMILIES))
+    stain = "nuclei" if family == "u2os" else str(rng.choice(STAINS))
+    photons = float(np.exp(rng.uniform(np.log(300), np.log(20000))))
+    camera = Camera(photons=photons)
+    noise = NoiseModel.from_camera(camera)
+    z = float(rng.uniform(0.0, 36.0))
+    seed = int(rng.integers(2**31))
+    fields = [simulate_field((size, size), [z], seed=np.random.SeedSequence([seed, f]), optics=OPTICS,
+                             camera=camera, channels=(stain,), family=_family(family)) for f in range(3)]
+    planes = [f.images[0, 0].astype(np.float32) for f in fields]
+    estimate = blind_defocus(power_spectrum(np.stack(planes), OPTICS.pixel_size_um, background=camera.offset,
+                                            backend="numpy"), OPTICS)
+    blur = Blur.model(OPTICS, restoration_depth(estimate))
+    extra = depth_channels(estimate)
+    out = []
+    for plane, field in zip(planes, fields, strict=True):
+        restored = richardson_lucy(plane, blur, noise=noise).image
+        s = _scale(plane, camera.offset)
+        x = np.stack([(plane - camera.offset) / s, (restored - camera.offset) / s]
+                     + [np.full(plane.shape, v, np.float32) for v in extra])
+        out.append((x.astype(np.float32), ((field.in_focus[0] - camera.offset) / s).astype(np.float32)))
+    return out
+
+
+def build(filters: int, depth: int, channels: int = 2):
     import keras
     from keras import layers
 
-    inp = keras.Input((None, None, 2))
+    inp = keras.Input((None, None, channels))
     x, skips = inp, []
     for level in range(depth):
         x = layers.Conv2D(filters * 2**level, 3, padding="same", activation="relu")(x)
@@ -92,9 +132,11 @@ def build(filters: int, depth: int):
     return keras.Model(inp, layers.Add()([rl, correction]))
 
 
-def refine(model, plane: np.ndarray, restored: np.ndarray, offset: float, divisor: int) -> np.ndarray:
+def refine(model, plane: np.ndarray, restored: np.ndarray, offset: float, divisor: int,
+           extra: list[float] | None = None) -> np.ndarray:
     s = _scale(plane, offset)
-    x = np.stack([(plane - offset) / s, (restored - offset) / s], axis=-1)[None].astype(np.float32)
+    maps = [(plane - offset) / s, (restored - offset) / s] + [np.full(plane.shape, v) for v in extra or []]
+    x = np.stack(maps, axis=-1)[None].astype(np.float32)
     ny, nx = plane.shape
     py, px = (-ny) % divisor, (-nx) % divisor
     x = np.pad(x, ((0, 0), (0, py), (0, px), (0, 0)), mode="reflect")
@@ -124,7 +166,8 @@ def evaluate(model, args, divisor: int) -> list[str]:
                 for i, (plane, truth) in enumerate(zip(planes, truths, strict=True)):
                     rl_blind = richardson_lucy(plane, Blur.model(OPTICS, z_blind), noise=noise).image
                     rl_true = richardson_lucy(plane, Blur.model(OPTICS, z), noise=noise).image
-                    refined = refine(model, plane, rl_blind, camera.offset, divisor)
+                    refined = refine(model, plane, rl_blind, camera.offset, divisor,
+                                     depth_channels(estimate) if args.with_depth else None)
                     scores[i] = [psnr(truth, img, data_range=RANGE) for img in (plane, rl_blind, refined, rl_true)]
                 m = scores.mean(axis=0)
                 if 10 <= z <= 30:
@@ -148,8 +191,11 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--eval-size", type=int, default=256)
     parser.add_argument("--families", type=int, default=4)
-    parser.add_argument("--out", default="scratch/refiner_experiment.md")
+    parser.add_argument("--with-depth", action="store_true",
+                        help="also give the network the blind |z| and its interval; RL at the blind depth")
+    parser.add_argument("--out", default=None, help="markdown file (default scratch/refiner_experiment[_depth].md)")
     args = parser.parse_args()
+    args.out = args.out or f"scratch/refiner_experiment{'_depth' if args.with_depth else ''}.md"
     args.depths = [0.0, 5.0, 10.0, 20.0, 30.0]
     args.photons = [2000.0, 500.0]
     if args.quick:
@@ -163,12 +209,15 @@ def main() -> None:
     keras.utils.set_random_seed(7)
     rng = np.random.default_rng(7)
     t0 = time.perf_counter()
-    pairs = [training_pair(rng, args.size) for _ in range(args.pairs)]
+    if args.with_depth:
+        pairs = [pair for _ in range(math.ceil(args.pairs / 3)) for pair in training_group(rng, args.size)]
+    else:
+        pairs = [training_pair(rng, args.size) for _ in range(args.pairs)]
     x = np.stack([p[0] for p in pairs]).transpose(0, 2, 3, 1)
     y = np.stack([p[1] for p in pairs])[..., None]
     t_data = time.perf_counter() - t0
     # augmentation: the 8 flips and rotations, drawn once per epoch
-    model = build(args.filters, args.depth)
+    model = build(args.filters, args.depth, x.shape[-1])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     n_val = max(1, len(x) // 10)
     t0 = time.perf_counter()
@@ -191,13 +240,14 @@ def main() -> None:
     table = evaluate(model, args, divisor)
     t_eval = time.perf_counter() - t0
     plane = np.full((520, 696), 300.0, np.float32)
-    refine(model, plane, plane, 100.0, divisor)
+    extra = [0.5, 0.4, 0.6] if args.with_depth else None
+    refine(model, plane, plane, 100.0, divisor, extra)
     t = math.inf
     for _ in range(3):
         s = time.perf_counter()
-        refine(model, plane, plane, 100.0, divisor)
+        refine(model, plane, plane, 100.0, divisor, extra)
         t = min(t, time.perf_counter() - s)
-    lines = [f"refiner: U-Net depth {args.depth}, {args.filters} filters, {model.count_params()} parameters; "
+    lines = [f"refiner{' told the blind |z| (--with-depth)' if args.with_depth else ''}: U-Net depth {args.depth}, {args.filters} filters, {model.count_params()} parameters; "
              f"{args.pairs} training fields of {args.size} px ({t_data:.0f} s to simulate and restore), "
              f"{args.epochs} epochs ({t_train:.0f} s); validation MSE {history[-1][1]:.5f} against "
              f"{rl_only:.5f} for RL alone (normalised units); {1 / t:.1f} images/s at 520 x 696 "
