@@ -420,3 +420,41 @@ def test_the_private_names_the_job_keeper_uses_exist_in_the_pinned_versions():
     assert "self.worker_spec" in inspect.getsource(SpecCluster.__init__)
     for cls in (dask_jobqueue.SLURMCluster, dask_jobqueue.PBSCluster, dask_jobqueue.LSFCluster):
         assert isinstance(cls.job_cls.submit_command, str) and cls.job_cls.submit_command
+
+
+def test_heartbeat_traceback_is_dropped_only_while_the_worker_closes():
+    """dask/distributed#7105: a heartbeat cut by the worker's own close logs a traceback."""
+    import logging
+
+    from distributed.core import Status
+
+    from plate_refocus.cluster.shutdown import HeartbeatAtCloseFilter
+
+    class FakeWorker:
+        status = Status.running
+
+    worker = FakeWorker()
+    filt = HeartbeatAtCloseFilter(worker)
+
+    def record(msg):
+        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, msg, None, None)
+
+    beat = "Failed to communicate with scheduler during heartbeat."
+    assert filt.filter(record(beat))  # a scheduler lost mid-run is still reported
+    worker.status = Status.closing
+    assert not filt.filter(record(beat))
+    assert filt.filter(record("Unexpected exception during heartbeat. Closing worker."))
+
+
+def test_workers_of_a_started_cluster_carry_the_quiet_close_filter():
+    from plate_refocus.cluster import start_client
+
+    def filters():
+        import logging
+
+        return [type(f).__name__ for f in logging.getLogger("distributed.worker").filters]
+
+    with start_client("local", workers=1, threads_per_worker=1, memory="1GiB",
+                      dashboard_address=None) as client:
+        found = client.run(filters)
+    assert [names for names in found.values()] == [["HeartbeatAtCloseFilter"]]

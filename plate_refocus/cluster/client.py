@@ -95,6 +95,7 @@ def start_client(kind: str = "local", **options: Any) -> Iterator[Any]:
     try:
         if kind != "local":
             keeper = JobKeeper(cluster)
+        _quiet_close(client)
         log.info("Dask dashboard: %s", client.dashboard_link)
         yield client
     finally:
@@ -102,6 +103,17 @@ def start_client(kind: str = "local", **options: Any) -> Iterator[Any]:
             keeper.stop()
         client.close()
         cluster.close()
+
+
+def _quiet_close(client: Any) -> None:
+    """Workers of this cluster, now and later, drop the heartbeat traceback of their own close
+    (:mod:`.shutdown`); a failure to register only costs that quiet."""
+    from .shutdown import QuietClose
+
+    try:
+        client.register_plugin(QuietClose())
+    except Exception as error:  # noqa: BLE001 - cosmetic: never fail a run over it
+        log.debug("could not register the quiet-close worker plugin: %s", error)
 
 
 def _connect(*args: Any, **kwargs: Any) -> Any:
