@@ -25,7 +25,7 @@ drop the annotation; :func:`preserve_annotations` (used by
 
 Modules: :mod:`.client` (start_client, make_cluster, job_script), :mod:`.local`
 (local clusters, worker settings), :mod:`.jobqueue` (batch-job clusters),
-:mod:`.keeper` (replacing lost jobs), :mod:`.compute` (annotations, compute with
+:mod:`.keeper` (replacing lost jobs), :mod:`.shutdown` (a quiet close), :mod:`.compute` (annotations, compute with
 progress). The command-line flags that feed :func:`start_client` live in
 :mod:`plate_refocus.cli`.
 """
