@@ -16,7 +16,7 @@ use it only where the blind |z| is unidentifiable:
    (the run's default), RL at the network's |z| where the blind one is
    unidentifiable, and RL at the true |z|.
 
-    python benchmarks/depth_regressor_experiment.py          # ~25 min on 2 cores
+    python benchmarks/depth_regressor_experiment.py          # ~8 min on 2 cores
     python benchmarks/depth_regressor_experiment.py --quick  # ~1 min, code path only
 """
 
