@@ -35,7 +35,16 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from refiner_experiment import HELD_OUT, OPTICS, RANGE, STAINS, TRAIN_FAMILIES, _family, _scale  # noqa: E402
+from refiner_experiment import (  # noqa: E402
+    HELD_OUT,
+    OPTICS,
+    RANGE,
+    _family,
+    _scale,
+    draw_condition,
+    fit_with_flips,
+    write_report,
+)
 
 from plate_refocus.deconvolve import Blur, NoiseModel, richardson_lucy  # noqa: E402
 from plate_refocus.focus import blind_defocus, power_spectrum, restoration_depth  # noqa: E402
@@ -46,10 +55,7 @@ Z_SCALE = 10.0
 
 
 def training_field(rng: np.random.Generator, size: int, max_z: float) -> tuple[np.ndarray, float]:
-    family = str(rng.choice(TRAIN_FAMILIES))
-    stain = "nuclei" if family == "u2os" else str(rng.choice(STAINS))
-    camera = Camera(photons=float(np.exp(rng.uniform(np.log(300), np.log(20000)))))
-    z = float(rng.uniform(0.0, max_z))
+    family, stain, camera, z = draw_condition(rng, max_z)
     out = simulate_field((size, size), [z], seed=int(rng.integers(2**31)), optics=OPTICS, camera=camera,
                          channels=(stain,), family=_family(family))
     plane = out.images[0, 0].astype(np.float32)
@@ -146,31 +152,17 @@ def main() -> None:
     t_data = time.perf_counter() - t0
     model = build(args.filters)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mae")
-    n_val = max(1, len(x) // 10)
     t0 = time.perf_counter()
-    val = []
-    for epoch in range(args.epochs):
-        xa = np.rot90(x[n_val:], epoch % 4, axes=(1, 2))
-        if epoch % 8 >= 4:
-            xa = xa[:, ::-1]
-        if epoch == args.epochs * 2 // 3:
-            model.optimizer.learning_rate.assign(3e-4)
-        h = model.fit(np.ascontiguousarray(xa), y[n_val:], batch_size=32, epochs=1, verbose=0,
-                      validation_data=(x[:n_val], y[:n_val]))
-        val.append(h.history["val_loss"][-1] * Z_SCALE)
-        print(f"epoch {epoch + 1}: loss {h.history['loss'][-1] * Z_SCALE:.2f} um, val {val[-1]:.2f} um", flush=True)
+    history = fit_with_flips(model, x, y, epochs=args.epochs, batch_size=32, drop_at=args.epochs * 2 // 3,
+                             image_target=False)
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     table = evaluate(model, args)
     lines = [f"|z| regressor: {model.count_params()} parameters; {args.fields} training fields of {args.size} px, "
              f"|z| 0-{args.max_z:g} um ({t_data:.0f} s to simulate), {args.epochs} epochs ({t_train:.0f} s); "
-             f"validation mean |error| {val[-1]:.2f} um on the training families; evaluation "
+             f"validation mean |error| {history[-1][1] * Z_SCALE:.2f} um on the training families; evaluation "
              f"{time.perf_counter() - t0:.0f} s", "", *table]
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write(text + "\n")
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

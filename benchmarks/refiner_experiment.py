@@ -61,13 +61,49 @@ def _scale(plane: np.ndarray, offset: float) -> float:
     return max(float(np.percentile(plane, 99.9)) - offset, 20.0)
 
 
-def training_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(2, Y, X) input (plane, RL) and (Y, X) target, normalised; one random field."""
+def draw_condition(rng: np.random.Generator, max_z: float) -> tuple[str, str, Camera, float]:
+    """One training draw's family, stain, camera (300-20,000 photons, log-uniform) and |z| in [0, max_z)."""
     family = str(rng.choice(TRAIN_FAMILIES))
     stain = "nuclei" if family == "u2os" else str(rng.choice(STAINS))
-    photons = float(np.exp(rng.uniform(np.log(300), np.log(20000))))
-    camera = Camera(photons=photons)
-    z = float(rng.uniform(0.0, 36.0))
+    camera = Camera(photons=float(np.exp(rng.uniform(np.log(300), np.log(20000)))))
+    return family, stain, camera, float(rng.uniform(0.0, max_z))
+
+
+def fit_with_flips(model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, drop_at: int,
+                   image_target: bool) -> list[tuple[float, float]]:
+    """Train on all but the first tenth (validation), one of the 8 flips and rotations per epoch (of
+    the targets too when they are images), the learning rate 3e-4 from epoch `drop_at`; per-epoch
+    (loss, validation loss)."""
+    n_val = max(1, len(x) // 10)
+    history = []
+    for epoch in range(epochs):
+        xa, ya = np.rot90(x[n_val:], epoch % 4, axes=(1, 2)), y[n_val:]
+        if image_target:
+            ya = np.rot90(ya, epoch % 4, axes=(1, 2))
+        if epoch % 8 >= 4:
+            xa = xa[:, ::-1]
+            ya = ya[:, ::-1] if image_target else ya
+        if epoch == drop_at:
+            model.optimizer.learning_rate.assign(3e-4)
+        h = model.fit(np.ascontiguousarray(xa), np.ascontiguousarray(ya), batch_size=batch_size, epochs=1,
+                      verbose=0, validation_data=(x[:n_val], y[:n_val]))
+        history.append((h.history["loss"][-1], h.history["val_loss"][-1]))
+        print(f"epoch {epoch + 1}: loss {history[-1][0]:.5f} val {history[-1][1]:.5f}", flush=True)
+    return history
+
+
+def write_report(lines: list[str], out: str) -> None:
+    """Print the experiment's report and write it to `out` (markdown)."""
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as fh:
+        fh.write(text + "\n")
+
+
+def training_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(2, Y, X) input (plane, RL) and (Y, X) target, normalised; one random field."""
+    family, stain, camera, z = draw_condition(rng, 36.0)
     out = simulate_field((size, size), [z], seed=int(rng.integers(2**31)), optics=OPTICS, camera=camera,
                          channels=(stain,), family=_family(family))
     plane, truth = out.images[0, 0].astype(np.float32), out.in_focus[0]
@@ -86,12 +122,8 @@ def depth_channels(estimate) -> list[float]:
 
 def training_group(rng: np.random.Generator, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Three (5, Y, X) inputs (plane, RL at the blind depth, the blind estimate) and targets, one draw."""
-    family = str(rng.choice(TRAIN_FAMILIES))
-    stain = "nuclei" if family == "u2os" else str(rng.choice(STAINS))
-    photons = float(np.exp(rng.uniform(np.log(300), np.log(20000))))
-    camera = Camera(photons=photons)
+    family, stain, camera, z = draw_condition(rng, 36.0)
     noise = NoiseModel.from_camera(camera)
-    z = float(rng.uniform(0.0, 36.0))
     seed = int(rng.integers(2**31))
     fields = [simulate_field((size, size), [z], seed=np.random.SeedSequence([seed, f]), optics=OPTICS,
                              camera=camera, channels=(stain,), family=_family(family)) for f in range(3)]
@@ -216,23 +248,12 @@ def main() -> None:
     x = np.stack([p[0] for p in pairs]).transpose(0, 2, 3, 1)
     y = np.stack([p[1] for p in pairs])[..., None]
     t_data = time.perf_counter() - t0
-    # augmentation: the 8 flips and rotations, drawn once per epoch
     model = build(args.filters, args.depth, x.shape[-1])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     n_val = max(1, len(x) // 10)
     t0 = time.perf_counter()
-    history = []
-    for epoch in range(args.epochs):
-        k = epoch % 4
-        xa, ya = np.rot90(x[n_val:], k, axes=(1, 2)), np.rot90(y[n_val:], k, axes=(1, 2))
-        if epoch % 8 >= 4:
-            xa, ya = xa[:, ::-1], ya[:, ::-1]
-        if epoch == args.epochs // 2:
-            model.optimizer.learning_rate.assign(3e-4)
-        h = model.fit(np.ascontiguousarray(xa), np.ascontiguousarray(ya), batch_size=16, epochs=1, verbose=0,
-                      validation_data=(x[:n_val], y[:n_val]))
-        history.append((h.history["loss"][-1], h.history["val_loss"][-1]))
-        print(f"epoch {epoch + 1}: loss {history[-1][0]:.5f} val {history[-1][1]:.5f}", flush=True)
+    history = fit_with_flips(model, x, y, epochs=args.epochs, batch_size=16, drop_at=args.epochs // 2,
+                             image_target=True)
     t_train = time.perf_counter() - t0
     rl_only = float(np.mean((x[:n_val, ..., 1:2] - y[:n_val]) ** 2))
     divisor = 2**args.depth
@@ -252,11 +273,7 @@ def main() -> None:
              f"{args.epochs} epochs ({t_train:.0f} s); validation MSE {history[-1][1]:.5f} against "
              f"{rl_only:.5f} for RL alone (normalised units); {1 / t:.1f} images/s at 520 x 696 "
              f"({os.cpu_count()} cores); evaluation {t_eval:.0f} s", "", *table]
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write(text + "\n")
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -423,17 +423,17 @@ def _strided_profile(problem: _Problem, near: np.ndarray, scan: np.ndarray, shap
         profile[idx], shape_z[idx] = profile_over_shapes(problem.axis, problem.operator, problem.k2[idx],
                                                          shapes[idx], power, dof, cutoff)
         evaluated = np.flatnonzero(done)
-        low = evaluated[profile[near[evaluated]] - profile[near[evaluated]].min() <= margin]
+        nll = profile[near[evaluated]]
+        low = evaluated[nll - nll.min() <= margin]
         marks = np.zeros(near.size)
         marks[low] = 1.0
         around = np.convolve(marks, np.ones(2 * stride - 1))[stride - 1 : stride - 1 + near.size] > 0
         todo = np.flatnonzero(around & ~done)
         done |= around
-    skipped = near[~done]
+    skipped = near[~done]  # their shape_z stays the scan's vertex, as everywhere outside `near`
     if skipped.size:
         kept = near[done]
         profile[skipped] = np.interp(problem.zs[skipped], problem.zs[kept], profile[kept])
-        shape_z[skipped] = shapes[skipped, 1]
 
 
 def _refine(problem: _Problem, profile: np.ndarray, shape_z: np.ndarray, power: np.ndarray, dof: np.ndarray,
