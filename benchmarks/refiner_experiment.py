@@ -43,13 +43,14 @@ import numpy as np
 from plate_refocus.deconvolve import Blur, NoiseModel, richardson_lucy
 from plate_refocus.focus import blind_defocus, power_spectrum, restoration_depth
 from plate_refocus.metrics import psnr
+from plate_refocus.morphology import HELD_OUT_FAMILIES, STAINS
 from plate_refocus.optics import Optics
 from plate_refocus.simulate import Camera, simulate_field
+from plate_refocus.train.randomised import TRAINING_FAMILIES
 
 OPTICS = Optics()
-TRAIN_FAMILIES = ("u2os", "smooth", "confluent", "sparse", "clusters", "fibroblast", "hazy")
-HELD_OUT = ("small-nuclei", "large-nuclei", "textured", "mitotic")
-STAINS = ("nuclei", "actin", "cytoplasm")
+TRAIN_FAMILIES = TRAINING_FAMILIES
+HELD_OUT = HELD_OUT_FAMILIES
 RANGE = 4095.0
 
 

@@ -50,7 +50,7 @@ from scipy import ndimage
 
 from .cells import child_rng, draw_lines, nearest_cell, seed_sequence, smooth_noise, spots
 
-__all__ = ["Family", "FAMILIES", "STAINS", "get_family", "render_objects", "describe"]
+__all__ = ["Family", "FAMILIES", "HELD_OUT_FAMILIES", "STAINS", "get_family", "render_objects", "describe"]
 
 #: Stains every family draws (the training family draws only the first two).
 STAINS: tuple[str, ...] = ("nuclei", "actin", "cytoplasm")
@@ -153,6 +153,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("hazy", "training-like cells on 10 % autofluorescence and a smooth 15 % haze",
            background=0.10, haze=0.15),
 )}
+
+
+#: Families no network of this project trains on: the benchmarks (generalization.py and the network
+#: experiments) score on them as cells never seen. They differ from the rest in size, chromatin or
+#: cell cycle, the ways real cells most often differ from a training set.
+HELD_OUT_FAMILIES: tuple[str, ...] = ("small-nuclei", "large-nuclei", "textured", "mitotic")
 
 
 def get_family(family: str | Family) -> Family:
