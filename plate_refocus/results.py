@@ -44,6 +44,7 @@ __all__ = [
     "PLANE_NONFINITE",
     "PLANE_NO_SIGNAL",
     "PLANE_NO_REFERENCE",
+    "PLANE_INCONSISTENT",
     "PLANE_FLAG_NAMES",
     "METHOD_IDENTITY",
     "METHOD_UNET",
@@ -81,15 +82,17 @@ PLANE_MISSING = 1  # no file at ingest: written as NaN, left out of the PSF
 PLANE_NONFINITE = 2  # NaN or infinite pixels: masked like a missing plane
 PLANE_NO_SIGNAL = 4  # no signal above the noise: refocused, left out of the PSF
 PLANE_NO_REFERENCE = 8  # the reference plane is missing or unusable: left out of the PSF
+PLANE_INCONSISTENT = 16  # the RL restoration did not explain the plane: left as it is
 #: ``method_used`` values: how each plane was refocused.
 METHOD_IDENTITY, METHOD_UNET, METHOD_WIENER, METHOD_RL = 0, 1, 2, 3
-METHOD_NAMES = {METHOD_IDENTITY: "left as it is (blur not identifiable, no reference)",
+METHOD_NAMES = {METHOD_IDENTITY: "left as it is (blur not identifiable, or its restoration inconsistent)",
                 METHOD_UNET: "unet", METHOD_WIENER: "wiener", METHOD_RL: "rl"}
 PLANE_FLAG_NAMES = {
     PLANE_MISSING: "missing at ingest",
     PLANE_NONFINITE: "NaN or infinite pixels (masked)",
     PLANE_NO_SIGNAL: "no signal above the noise (left out of the PSF)",
     PLANE_NO_REFERENCE: "no usable reference plane (left out of the PSF)",
+    PLANE_INCONSISTENT: "restoration inconsistent with the plane (left as it is)",
 }
 
 

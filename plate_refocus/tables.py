@@ -73,8 +73,9 @@ FIELD_COLUMNS: dict[str, str] = {
     "consistency": "how well the refocused plane, re-blurred by the well's OTF, explains the "
                    "input (NaN when the run did not compute it)",
     "plane_flags": "the run's plane_flags bits: 1 missing at ingest, 2 NaN/infinite pixels, "
-                   "4 no signal above the noise, 8 no usable reference (0 when none)",
-    "flags": "';'-separated: missing, no_signal, no_reference, sharpness_drop (gain < 0.8), "
+                   "4 no signal above the noise, 8 no usable reference, 16 restoration inconsistent with the "
+                   "plane, left as it is (0 when none)",
+    "flags": "';'-separated: missing, no_signal, no_reference, inconsistent, sharpness_drop (gain < 0.8), "
              "sharpness_outlier, consistency_outlier, psnr_drop (empty when none)",
     "flagged": "True when flags is not empty",
 }
@@ -103,7 +104,7 @@ WELL_COLUMNS: dict[str, str] = {
     "method": "the refocusing method (the results' method attribute; unet when not recorded)",
 }
 
-_FLAGS = ("missing", "no_signal", "no_reference", "sharpness_drop", "sharpness_outlier",
+_FLAGS = ("missing", "no_signal", "no_reference", "inconsistent", "sharpness_drop", "sharpness_outlier",
           "consistency_outlier", "psnr_drop")
 
 
@@ -250,7 +251,8 @@ def fields_table(ds: Any):
 
         Flags (done wells only): ``missing`` (no measurement, or the plane
         missing at ingest or with NaN pixels), ``no_signal`` and
-        ``no_reference`` (from ``plane_flags``: left out of the PSF), ``sharpness_drop`` (the refocused plane is less sharp than the
+        ``no_reference`` (from ``plane_flags``: left out of the PSF), ``inconsistent`` (from
+        ``plane_flags``: the restoration did not explain the plane, left as it is), ``sharpness_drop`` (the refocused plane is less sharp than the
         input by more than :data:`SHARPNESS_DROP`), ``sharpness_outlier`` and ``consistency_outlier`` (robust
         z-score of log sharpness gain, or of consistency, beyond
         :data:`OUTLIER_Z` among the done fields at that depth; needs 5 of
@@ -262,7 +264,13 @@ def fields_table(ds: Any):
     """
     import pandas as pd
 
-    from .results import PLANE_MISSING, PLANE_NO_REFERENCE, PLANE_NO_SIGNAL, PLANE_NONFINITE
+    from .results import (
+        PLANE_INCONSISTENT,
+        PLANE_MISSING,
+        PLANE_NO_REFERENCE,
+        PLANE_NO_SIGNAL,
+        PLANE_NONFINITE,
+    )
 
     status, _ = well_status(ds)
     n_w, n_f, n_z = ds.sizes["well"], ds.sizes["field"], ds.sizes["z"]
@@ -284,6 +292,7 @@ def fields_table(ds: Any):
         | ((plane_flags & (PLANE_MISSING | PLANE_NONFINITE)) > 0),
         "no_signal": (plane_flags & PLANE_NO_SIGNAL) > 0,
         "no_reference": (plane_flags & PLANE_NO_REFERENCE) > 0,
+        "inconsistent": (plane_flags & PLANE_INCONSISTENT) > 0,
         "sharpness_drop": gain < SHARPNESS_DROP,
         "sharpness_outlier": (np.abs(gain_z) > OUTLIER_Z)
         & (np.abs(gain_off) > np.log(MIN_OUTLIER_RATIO)),

@@ -19,6 +19,7 @@ from plate_refocus.results import (
     METHOD_RL,
     METHOD_UNET,
     METHOD_WIENER,
+    PLANE_INCONSISTENT,
     PLANE_NONFINITE,
     open_results,
 )
@@ -83,6 +84,25 @@ def test_an_unidentifiable_blur_is_left_as_it_is(stacks):
     assert result.defocus_blind_err_um > 1.0
     assert (result.method_used == METHOD_IDENTITY).all()
     np.testing.assert_array_equal(result.refocused, images[:, 0].astype(np.float32))
+
+
+def test_a_restoration_that_does_not_explain_its_plane_is_not_kept():
+    # An objective with spherical aberration the run does not model: at focus, on these small
+    # fields, the blind fit reads ~57 um and RL there made a 1600-count plane into 18,000 counts
+    # (-36 dB); its consistency reads 400-2900. The guard leaves the planes as they are, flagged.
+    from plate_refocus.pipeline import RL_CONSISTENCY_LIMIT
+
+    shape = (128, 160)
+    fields = [simulate_field(shape, (0.0,), seed=np.random.SeedSequence([5200, f]), channels=("nuclei",),
+                             spherical_rms_waves=0.15) for f in range(2)]
+    planes = [f.images[0, 0] for f in fields]
+    freq = radial_frequencies(shape, OPTICS.pixel_size_um)
+    result = process_depth(planes, settings=settings("rl", "blind"), freq=freq)
+    assert result.defocus_blind_um > 20.0  # the wrong blur it would have restored with
+    assert np.all(result.consistency > RL_CONSISTENCY_LIMIT)  # recorded: why it was not kept
+    assert (result.method_used == METHOD_IDENTITY).all()
+    assert result.flags.tolist() == [PLANE_INCONSISTENT] * 2
+    np.testing.assert_array_equal(result.refocused, np.stack(planes).astype(np.float32))
 
 
 def test_the_in_focus_plane_as_reference_measures_the_wells_otf(stacks):

@@ -29,7 +29,7 @@ Modules: :mod:`.compute` (:func:`process_depth`), :mod:`.tasks` (the Dask tasks)
 from __future__ import annotations
 
 from ..results import open_results
-from .compute import METHODS, DepthResult, DepthSettings, process_depth
+from .compute import METHODS, RL_CONSISTENCY_LIMIT, DepthResult, DepthSettings, process_depth
 from .execute import RUN_LOG, RunSummary, execute_run, run_plate
 from .plan import (
     DEFAULT_METHOD,
@@ -45,6 +45,7 @@ from .tasks import RunJob, depth_task, refocus_planes, well_graph, well_task
 __all__ = [
     "REFERENCES",
     "METHODS",
+    "RL_CONSISTENCY_LIMIT",
     "DEFAULT_METHOD",
     "MIN_IMAGE_SIZE",
     "DTYPES",

@@ -20,6 +20,7 @@ from ..errors import OutputExistsError
 from ..plate import PlateLayout
 from ..results import (
     PLANE_FLAG_NAMES,
+    PLANE_INCONSISTENT,
     PLANE_NO_REFERENCE,
     PLANE_NO_SIGNAL,
     PLANE_NONFINITE,
@@ -70,7 +71,7 @@ class RunSummary:
 def _log_flags(well: str, flags: np.ndarray, layout: PlateLayout, limit: int = 3) -> None:
     """Warn about the planes of a well that were masked or left out, naming them."""
     shown = 0
-    for f, z in zip(*np.nonzero(flags & (PLANE_NONFINITE | PLANE_NO_SIGNAL | PLANE_NO_REFERENCE)),
+    for f, z in zip(*np.nonzero(flags & (PLANE_NONFINITE | PLANE_NO_SIGNAL | PLANE_NO_REFERENCE | PLANE_INCONSISTENT)),
                     strict=True):
         if shown == limit:
             log.warning("well %s: more planes flagged (see plane_flags in the results)", well)
@@ -167,7 +168,7 @@ def _compute_wells(plan: RunPlan, job: RunJob, client: Any, max_wells_in_flight:
     window = max_wells_in_flight or 2 * n_workers
     computed: list[str] = []
     failed: dict[str, str] = {}
-    flag_totals = np.zeros(4, dtype=np.int64)
+    flag_totals = np.zeros(len(PLANE_FLAG_NAMES), dtype=np.int64)
     start = time.perf_counter()
     pending: Iterator[int] = iter(plan.wells)
     futures: dict[Any, int] = {}
@@ -203,8 +204,8 @@ def _compute_wells(plan: RunPlan, job: RunJob, client: Any, max_wells_in_flight:
             log.info("well %s done (%d of %d)", names[index], len(computed) + len(failed),
                      len(plan.wells))
             _log_flags(names[index], flags, layout)
-            for bit in range(4):
-                flag_totals[bit] += int(np.count_nonzero(flags & (1 << bit)))
+            for i, bit in enumerate(PLANE_FLAG_NAMES):
+                flag_totals[i] += int(np.count_nonzero(flags & bit))
         if on_well_done is not None:
             on_well_done(names[index], len(computed) + len(failed), len(plan.wells))
         submit_next()
