@@ -23,36 +23,52 @@ __all__ = ["QuietClose", "HeartbeatAtCloseFilter"]
 _MESSAGE = "Failed to communicate with scheduler during heartbeat"
 
 
-class HeartbeatAtCloseFilter(logging.Filter):
-    """Drops the heartbeat-failure record of a worker that is closing or closed."""
+_CLOSING = (Status.closing, Status.closing_gracefully, Status.closed)
 
-    def __init__(self, worker: Any):
+
+class HeartbeatAtCloseFilter(logging.Filter):
+    """Drops the heartbeat-failure record while every worker it watches is closing or closed.
+
+    The record does not say which worker logged it; in a process with one worker (a nanny's)
+    that is the one, and in a process of several (a threaded cluster) the record is dropped only
+    when all of them close, so a worker that runs keeps its report.
+    """
+
+    def __init__(self, worker: Any = None):
         super().__init__()
-        self._worker = weakref.ref(worker)
+        self._workers: weakref.WeakSet = weakref.WeakSet()
+        if worker is not None:
+            self.watch(worker)
+
+    def watch(self, worker: Any) -> None:
+        self._workers.add(worker)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith(_MESSAGE):
             return True
-        worker = self._worker()
-        return worker is not None and worker.status not in (Status.closing, Status.closing_gracefully,
-                                                             Status.closed)
+        workers = list(self._workers)
+        return not workers or any(w.status not in _CLOSING for w in workers)
+
+
+#: One filter per process, on ``distributed.worker``, watching that process's workers.
+_FILTER = HeartbeatAtCloseFilter()
 
 
 class QuietClose(WorkerPlugin):
-    """Worker plugin that installs :class:`HeartbeatAtCloseFilter` on ``distributed.worker``.
+    """Worker plugin that makes :data:`_FILTER` watch its worker.
 
     Registered by :func:`~plate_refocus.cluster.start_client` on the clusters it
     starts (not on a scheduler it only attaches to: that cluster is not ours).
+    The filter stays installed when the plugin is torn down: ``Worker.close``
+    removes its plugins before it stops the heartbeat, and a heartbeat in flight
+    then is exactly the one to drop (a closed worker no longer counts as running).
     """
 
     name = "plate-refocus-quiet-close"
     idempotent = True
 
     def setup(self, worker: Any) -> None:
-        self._filter = HeartbeatAtCloseFilter(worker)
-        logging.getLogger("distributed.worker").addFilter(self._filter)
-
-    def teardown(self, worker: Any) -> None:
-        filt = getattr(self, "_filter", None)
-        if filt is not None:
-            logging.getLogger("distributed.worker").removeFilter(filt)
+        logger = logging.getLogger("distributed.worker")
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+        _FILTER.watch(worker)
