@@ -248,4 +248,6 @@ def test_missing_planes_of_an_ingested_plate_are_nan_and_left_out(tiny_model, cl
     assert np.isnan(ds["sharpness"].isel(well=0, field=1, z=1).values).all()
     assert np.isfinite(ds["otf_radial"].values).all()  # the other field still gives a PSF
     flags = ds["plane_flags"].isel(well=0).values
-    assert flags[1, 1] == 1 and np.delete(flags.ravel(), 1 * 3 + 1).tolist() == [0] * 5
+    # bit 16 (an RL restoration that did not explain its plane) may be set: the planes of this
+    # fake stack are unrelated blobs, not defocus; no other plane is masked or left out
+    assert flags[1, 1] == 1 and (np.delete(flags.ravel(), 1 * 3 + 1) & ~np.uint8(16)).tolist() == [0] * 5
