@@ -1,0 +1,193 @@
+"""Networks against the physics on cells they never saw: the table that decides which model ships.
+
+For each model given, on the morphology families no network of this project trains on
+(`plate_refocus.morphology.HELD_OUT_FAMILIES`, and the simulator's own `u2os` for reference), report
+optics, three conditions (2000 photons; 300 photons; 2000 photons through a pupil with 0.15 waves
+rms of spherical aberration that nothing in the project models) and depths 0-40 um, scored per
+field against the in-focus truth (PSNR, data range 4095):
+
+- input; `run`'s default (`pipeline.process_depth`, Richardson-Lucy at the well's blind |z|);
+- each network alone (`--method unet`) and `run --method hybrid` with it (`process_depth`: the
+  network where its output is consistent with the plane, else the physics);
+- the oracle: Wiener with the true depth and optics, balance chosen by PSNR against the truth.
+
+Then the network issue's bars per model (>= run default + 1 dB at each depth 10-30 um, >= input at
+0-5 um), each model's images/s on 520 x 696, and the six real BBBC006 fields (no truth: sharpness
+and consistency, from generalization.py).
+
+    python benchmarks/network_comparison.py --model shipped --model scratch/randomised8.keras
+    python benchmarks/network_comparison.py --quick --model shipped     # ~2 min
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as in a Dask worker; before NumPy loads BLAS
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import generalization as g  # noqa: E402
+
+from plate_refocus.deconvolve import NoiseModel  # noqa: E402
+from plate_refocus.metrics import WIENER_BALANCES, psnr, wiener_refocus  # noqa: E402
+from plate_refocus.morphology import HELD_OUT_FAMILIES  # noqa: E402
+from plate_refocus.optics import radial_frequencies  # noqa: E402
+from plate_refocus.pipeline import DEFAULT_METHOD, DepthSettings, process_depth  # noqa: E402
+from plate_refocus.simulate import Camera, simulate_field  # noqa: E402
+from plate_refocus.unet import load_model  # noqa: E402
+
+OPTICS = g.REPORT
+RANGE = g.RANGE
+CONDITIONS = (("2000 photons", Camera(), 0.0), ("300 photons", Camera(photons=300.0), 0.0),
+              ("0.15 waves spherical", Camera(), 0.15))
+
+
+def simulate_well(family, depths, fields, size, seed, camera, spherical):
+    """(F, Z, Y, X) planes and (F, Y, X) truth, one stain (nuclei) as in generalization.py."""
+    outs = [simulate_field(size, depths, seed=np.random.SeedSequence([seed, f]), optics=OPTICS, camera=camera,
+                           channels=("nuclei",), family=None if family == "u2os" else family,
+                           spherical_rms_waves=spherical) for f in range(fields)]
+    return np.stack([o.images[0] for o in outs]), np.stack([o.in_focus[0] for o in outs])
+
+
+def score_well(models, planes, truth, depth, camera):
+    """Per-field PSNR of every column at one depth (the oracle Wiener knows the depth, not an aberration)."""
+    noise = NoiseModel.from_camera(camera)
+    settings = DepthSettings(optics=OPTICS, method=DEFAULT_METHOD, reference="blind", background=noise.offset,
+                             data_range=RANGE, backend="numpy", read_noise=noise.read_noise)
+    freq = radial_frequencies(tuple(planes.shape[-2:]), OPTICS.pixel_size_um)
+    cols = {"default": process_depth(list(planes), settings=settings, freq=freq).refocused}
+    for name, model in models.items():
+        net = model.predict_batch(planes)
+        cols[name] = net
+        hybrid = process_depth(list(planes), settings=dataclasses.replace(settings, method="hybrid"), freq=freq,
+                               refocus=lambda _, net=net: net)
+        cols[f"{name} hybrid"] = hybrid.refocused
+    rows = []
+    for f, (plane, t) in enumerate(zip(planes, truth, strict=True)):
+        row = {"input": psnr(t, plane, data_range=RANGE)}
+        row.update({k: psnr(t, v[f], data_range=RANGE) for k, v in cols.items()})
+        oracle = wiener_refocus(plane, depth, OPTICS, balance=WIENER_BALANCES, offset=noise.offset)
+        row["oracle"] = max(psnr(t, r, data_range=RANGE) for r in oracle)
+        rows.append(row)
+    return rows
+
+
+def per_depth_table(rows, columns, title):
+    by = defaultdict(list)
+    for r in rows:
+        by[(r["condition"], r["family"], r["depth"])].append(r)
+    lines = [f"#### {title}", "", "gain over the input, dB (mean over fields); input PSNR in dB", "",
+             "| condition | family | \\|z\\| um | input | " + " | ".join(columns) + " |",
+             "| --- | --- | ---: | ---: |" + " ---: |" * len(columns)]
+    for (cond, fam, depth), members in by.items():
+        inp = np.mean([m["input"] for m in members])
+        cells = [f"{np.mean([m[c] - m['input'] for m in members]):+.2f}" for c in columns]
+        lines.append(f"| {cond} | {fam} | {depth:g} | {inp:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bars_table(rows, networks):
+    """Per network column: the issue's bars over held-out families, per condition."""
+    by = defaultdict(list)
+    for r in rows:
+        by[(r["condition"], r["family"], r["depth"])].append(r)
+    lines = ["#### The network issue's bars on held-out families (per family and depth, mean over fields)", "",
+             "| condition | method | 10-30 um: over run default, dB (min / mean) | 10-30 um: over oracle Wiener "
+             "(min / mean) | 0-5 um: over input (min) | cells meeting the bars |",
+             "| --- | --- | --- | --- | ---: | ---: |"]
+    for cond, _, _ in CONDITIONS:
+        for col in networks:
+            deep, deep_oracle, near, ok, total = [], [], [], 0, 0
+            for (c, fam, depth), members in by.items():
+                if c != cond or fam not in HELD_OUT_FAMILIES:
+                    continue
+                def mean(key, ms=members):
+                    return float(np.mean([m[key] for m in ms]))
+
+                if 10 <= depth <= 30:
+                    d = mean(col) - mean("default")
+                    deep.append(d)
+                    deep_oracle.append(mean(col) - mean("oracle"))
+                    ok, total = ok + (d >= 1.0), total + 1
+                elif depth <= 5:
+                    d = mean(col) - mean("input")
+                    near.append(d)
+                    ok, total = ok + (d >= 0.0), total + 1
+            if not total:
+                continue
+            lines.append(f"| {cond} | {col} | {min(deep):+.2f} / {np.mean(deep):+.2f} | "
+                         f"{min(deep_oracle):+.2f} / {np.mean(deep_oracle):+.2f} | {min(near):+.2f} | {ok}/{total} |")
+    return "\n".join(lines)
+
+
+def speed_table(models, repeats=3):
+    """images/s of each model on 520 x 696 fields, batches of 4, median of `repeats` after a warm-up."""
+    rng = np.random.default_rng(0)
+    fields = (100 + rng.poisson(300, size=(4, 520, 696))).astype(np.uint16)
+    lines = ["#### Speed (`predict_batch` of 4 fields of 520 x 696, median of 3 after a warm-up)", "",
+             "| model | parameters | images/s |", "| --- | ---: | ---: |"]
+    for name, model in models.items():
+        model.predict_batch(fields)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model.predict_batch(fields)
+            times.append(time.perf_counter() - t)
+        lines.append(f"| {name} | {model.keras_model.count_params():,} | {len(fields) / np.median(times):.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", required=True,
+                        help="a .keras model, or 'shipped' for the package's default; repeat to compare")
+    parser.add_argument("--quick", action="store_true", help="small fields, fewer depths (~2 min per model)")
+    parser.add_argument("--fields", type=int, default=3, help="fields per well (default 3)")
+    parser.add_argument("--out", default="scratch/network_comparison.md")
+    args = parser.parse_args(argv)
+    models = {}
+    for path in args.model:
+        model = load_model(None if path == "shipped" else path)
+        models[f"{Path(path).stem} ({model.info.name})" if path != "shipped" else f"shipped ({model.info.name})"] = model
+    size = (128, 160) if args.quick else (260, 348)
+    depths = [0.0, 5.0, 10.0, 30.0] if args.quick else [0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0]
+    families = ["u2os", *HELD_OUT_FAMILIES]
+    start = time.time()
+    rows = []
+    for k, (cond, camera, spherical) in enumerate(CONDITIONS):
+        for i, family in enumerate(families):
+            planes, truth = simulate_well(family, depths, args.fields, size, seed=5000 + 100 * k + 7 * i,
+                                          camera=camera, spherical=spherical)
+            for j, depth in enumerate(depths):
+                for r in score_well(models, planes[:, j], truth, depth, camera):
+                    rows.append({"condition": cond, "family": family, "depth": depth, **r})
+            print(f"[{time.time() - start:5.0f} s] {cond} {family}", file=sys.stderr, flush=True)
+    networks = [c for name in models for c in (name, f"{name} hybrid")]
+    sections = [f"Network comparison ({'quick' if args.quick else 'full'}): report optics, fields {size[0]} x "
+                f"{size[1]}, {args.fields} per well, nuclei stain; held-out families {', '.join(HELD_OUT_FAMILIES)}.",
+                bars_table(rows, networks),
+                per_depth_table(rows, ["default", *networks, "oracle"], "Per family and depth"),
+                speed_table(models)]
+    for name, model in models.items():
+        sections.append(f"##### {name}\n\n" + g.bbbc006(model, g.BBBC006))
+    sections.append(f"(total {time.time() - start:.0f} s)")
+    text = "\n\n".join(sections)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
