@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default model, plate_refocus/models/default.keras (+ default.json).
+# Reproduce plate-refocus-default-v1, the model shipped before the network issue (trained on the
+# simulator's own cells only). The shipped model is now benchmarks/train_randomised_model.py's.
 #
 #   benchmarks/train_default_model.sh [WORKDIR] [MINUTES]
 #
 # 1. simulates the training plate (seed 1; the evaluation plate uses another seed),
 # 2. trains the lean residual U-Net on it with the project's own `train` command,
 #    writing the best checkpoint (by validation loss) after every epoch that improves it,
-# 3. copies the best checkpoint into the package.
+# 3. re-saves the best checkpoint without optimizer state as WORKDIR/default-v1.keras.
 # The shipped model is the best checkpoint (epoch 99, 19,800 steps of 8 patches of 128x128,
 # 55 minutes) of a run started with MINUTES=72 and stopped by hand after 58 minutes, once the
 # learning rate had decayed to 1.6e-5 and the validation loss had flattened; it ran on a 2-core
@@ -17,7 +18,6 @@
 set -euo pipefail
 WORKDIR=${1:-/tmp/plate_refocus_default}
 MINUTES=${2:-75}
-HERE=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$WORKDIR"
 PLATE="$WORKDIR/train_seed1.zarr"
 if [ ! -d "$PLATE" ]; then
@@ -33,5 +33,5 @@ plate-refocus train "$PLATE" --out "$WORKDIR/default.keras" --name plate-refocus
   --learning-rate 1e-3 --patience 4 --loss mse --weighting relative \
   --validation-fraction 0.17 --validation-patches 120 --seed 1
 python -c "import sys; from plate_refocus.unet import load_model, save_model; save_model(load_model(sys.argv[1]), sys.argv[2])" \
-  "$WORKDIR/default.keras" "$HERE/plate_refocus/models/default.keras"
-echo "copied the best checkpoint to $HERE/plate_refocus/models/"
+  "$WORKDIR/default.keras" "$WORKDIR/default-v1.keras"
+echo "wrote $WORKDIR/default-v1.keras (pass it as --model; the package ships the randomised model)"

@@ -12,6 +12,17 @@ every depth counts equally in dB, Adam from 1e-3 halved on plateaus, best checkp
     python benchmarks/train_randomised_model.py --na 0.45 --wavelength 0.46 --pixel-size 0.325 --out ...
 
 The model records the randomisation and what was drawn in its JSON (`plate-refocus info` shows it).
+The shipped model (plate-refocus-randomised-f8) is the best checkpoint of
+
+    TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 python benchmarks/train_randomised_model.py \
+        --out scratch/randomised8.keras --name plate-refocus-randomised-f8 --filters 8 --wells 400 --minutes 68
+
+(27,800 steps; run beside a 16-filter run on the other core), re-saved without optimizer state:
+
+    python -c "from plate_refocus.unet import load_model, save_model; \
+        save_model(load_model('scratch/randomised8.keras'), 'plate_refocus/models/default.keras')"
+
+Stopping by time is not step-exact; pass --epochs 139 (27,800 steps) for a replay.
 """
 
 from __future__ import annotations
