@@ -36,20 +36,20 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from refiner_experiment import (  # noqa: E402
-    HELD_OUT,
     OPTICS,
     RANGE,
     _family,
     _scale,
     draw_condition,
     fit_with_flips,
+    held_out_wells,
     write_report,
 )
 
-from plate_refocus.deconvolve import Blur, NoiseModel, richardson_lucy  # noqa: E402
-from plate_refocus.focus import blind_defocus, power_spectrum, restoration_depth  # noqa: E402
+from plate_refocus.deconvolve import Blur, richardson_lucy  # noqa: E402
+from plate_refocus.focus import restoration_depth  # noqa: E402
 from plate_refocus.metrics import psnr  # noqa: E402
-from plate_refocus.simulate import Camera, simulate_field  # noqa: E402
+from plate_refocus.simulate import simulate_field  # noqa: E402
 
 Z_SCALE = 10.0
 
@@ -86,32 +86,21 @@ def evaluate(model, args) -> list[str]:
             "| RL at network \\|z\\| where blind is unidentifiable | RL true \\|z\\| |",
             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     summary = []
-    for family in HELD_OUT[: args.families]:
-        for photons in args.photons:
-            camera = Camera(photons=photons)
-            noise = NoiseModel.from_camera(camera)
-            for z in args.depths:
-                fields = [simulate_field((args.eval_size,) * 2, [z], seed=np.random.SeedSequence([4242, f, int(z)]),
-                                         optics=OPTICS, camera=camera, channels=("nuclei",),
-                                         family=_family(family)) for f in range(3)]
-                planes = [f.images[0, 0].astype(np.float32) for f in fields]
-                estimate = blind_defocus(power_spectrum(np.stack(planes), OPTICS.pixel_size_um,
-                                                        background=camera.offset, backend="numpy"), OPTICS)
-                z_blind = restoration_depth(estimate)
-                z_net = float(np.mean([predict_z(model, p, camera.offset) for p in planes]))
-                z_used = z_blind if estimate.identifiable else z_net
-                scores = np.zeros((3, 4))
-                for i, (plane, field) in enumerate(zip(planes, fields, strict=True)):
-                    truth = field.in_focus[0]
-                    images = [plane] + [richardson_lucy(plane, Blur.model(OPTICS, d), noise=noise).image
-                                        for d in (z_blind, z_used, z)]
-                    scores[i] = [psnr(truth, img, data_range=RANGE) for img in images]
-                m = scores.mean(axis=0)
-                blind = f"{z_blind:.1f}" + ("" if estimate.identifiable else " (unidentifiable)")
-                rows.append(f"| {family} | {photons:g} | {z:g} | {blind} | {z_net:.1f} | {m[0]:.2f} | {m[1]:.2f} "
-                            f"| {m[2]:.2f} | {m[3]:.2f} |")
-                if not estimate.identifiable:
-                    summary.append((z, z_net - z, m[2] - m[1], m[3] - m[1]))
+    for family, photons, z, camera, noise, planes, truths, estimate in held_out_wells(args):
+        z_blind = restoration_depth(estimate)
+        z_net = float(np.mean([predict_z(model, p, camera.offset) for p in planes]))
+        z_used = z_blind if estimate.identifiable else z_net
+        scores = np.zeros((3, 4))
+        for i, (plane, truth) in enumerate(zip(planes, truths, strict=True)):
+            images = [plane] + [richardson_lucy(plane, Blur.model(OPTICS, d), noise=noise).image
+                                for d in (z_blind, z_used, z)]
+            scores[i] = [psnr(truth, img, data_range=RANGE) for img in images]
+        m = scores.mean(axis=0)
+        blind = f"{z_blind:.1f}" + ("" if estimate.identifiable else " (unidentifiable)")
+        rows.append(f"| {family} | {photons:g} | {z:g} | {blind} | {z_net:.1f} | {m[0]:.2f} | {m[1]:.2f} "
+                    f"| {m[2]:.2f} | {m[3]:.2f} |")
+        if not estimate.identifiable:
+            summary.append((z, z_net - z, m[2] - m[1], m[3] - m[1]))
     if summary:
         s = np.array(summary)
         depths = ", ".join(f"{v:g}" for v in sorted(set(s[:, 0])))

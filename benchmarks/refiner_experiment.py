@@ -177,10 +177,9 @@ def refine(model, plane: np.ndarray, restored: np.ndarray, offset: float, diviso
     return y * s + offset
 
 
-def evaluate(model, args, divisor: int) -> list[str]:
-    rows = ["| family | photons | \\|z\\| um | blind \\|z\\| | input | RL blind (run default) | refiner on RL blind "
-            "| gain over RL | RL true \\|z\\| |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    gains = []
+def held_out_wells(args):
+    """Every evaluation well: per held-out family, photons and |z|, 3 simulated fields and their blind
+    fit. Yields ``(family, photons, z, camera, noise, planes, truths, estimate)``."""
     for family in HELD_OUT[: args.families]:
         for photons in args.photons:
             camera = Camera(photons=photons)
@@ -193,20 +192,27 @@ def evaluate(model, args, divisor: int) -> list[str]:
                 truths = [f.in_focus[0] for f in fields]
                 spectra = power_spectrum(np.stack(planes), OPTICS.pixel_size_um, background=camera.offset,
                                          backend="numpy")
-                estimate = blind_defocus(spectra, OPTICS)
-                z_blind = restoration_depth(estimate)
-                scores = np.zeros((3, 4))
-                for i, (plane, truth) in enumerate(zip(planes, truths, strict=True)):
-                    rl_blind = richardson_lucy(plane, Blur.model(OPTICS, z_blind), noise=noise).image
-                    rl_true = richardson_lucy(plane, Blur.model(OPTICS, z), noise=noise).image
-                    refined = refine(model, plane, rl_blind, camera.offset, divisor,
-                                     depth_channels(estimate) if args.with_depth else None)
-                    scores[i] = [psnr(truth, img, data_range=RANGE) for img in (plane, rl_blind, refined, rl_true)]
-                m = scores.mean(axis=0)
-                if 10 <= z <= 30:
-                    gains.append(m[2] - m[1])
-                rows.append(f"| {family} | {photons:g} | {z:g} | {z_blind:.1f} | {m[0]:.2f} | {m[1]:.2f} | "
-                            f"{m[2]:.2f} | {m[2] - m[1]:+.2f} | {m[3]:.2f} |")
+                yield family, photons, z, camera, noise, planes, truths, blind_defocus(spectra, OPTICS)
+
+
+def evaluate(model, args, divisor: int) -> list[str]:
+    rows = ["| family | photons | \\|z\\| um | blind \\|z\\| | input | RL blind (run default) | refiner on RL blind "
+            "| gain over RL | RL true \\|z\\| |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    gains = []
+    for family, photons, z, camera, noise, planes, truths, estimate in held_out_wells(args):
+        z_blind = restoration_depth(estimate)
+        scores = np.zeros((3, 4))
+        for i, (plane, truth) in enumerate(zip(planes, truths, strict=True)):
+            rl_blind = richardson_lucy(plane, Blur.model(OPTICS, z_blind), noise=noise).image
+            rl_true = richardson_lucy(plane, Blur.model(OPTICS, z), noise=noise).image
+            refined = refine(model, plane, rl_blind, camera.offset, divisor,
+                             depth_channels(estimate) if args.with_depth else None)
+            scores[i] = [psnr(truth, img, data_range=RANGE) for img in (plane, rl_blind, refined, rl_true)]
+        m = scores.mean(axis=0)
+        if 10 <= z <= 30:
+            gains.append(m[2] - m[1])
+        rows.append(f"| {family} | {photons:g} | {z:g} | {z_blind:.1f} | {m[0]:.2f} | {m[1]:.2f} | "
+                    f"{m[2]:.2f} | {m[2] - m[1]:+.2f} | {m[3]:.2f} |")
     if gains:
         rows.append("")
         rows.append(f"gain of the refiner over RL blind at 10-30 um: min {min(gains):+.2f}, "
