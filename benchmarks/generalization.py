@@ -72,11 +72,11 @@ BBBC006 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bbbc
 # --------------------------------------------------------------------------- data
 
 
-def simulate(optics, family, depths, fields, size, seed, spherical=0.0):
+def simulate(optics, family, depths, fields, size, seed, spherical=0.0, camera=CAMERA):
     """(F, Z, Y, X) camera planes and (F, Y, X) in-focus truth of one well."""
     images, truth = [], []
     for f in range(fields):
-        out = simulate_field(size, depths, seed=np.random.SeedSequence([seed, f]), optics=optics, camera=CAMERA,
+        out = simulate_field(size, depths, seed=np.random.SeedSequence([seed, f]), optics=optics, camera=camera,
                              channels=("nuclei",), family=None if family == "u2os" else family,
                              spherical_rms_waves=spherical)
         images.append(out.images[0])

@@ -43,21 +43,13 @@ from plate_refocus.metrics import WIENER_BALANCES, psnr, wiener_refocus  # noqa:
 from plate_refocus.morphology import HELD_OUT_FAMILIES  # noqa: E402
 from plate_refocus.optics import radial_frequencies  # noqa: E402
 from plate_refocus.pipeline import DEFAULT_METHOD, DepthSettings, process_depth  # noqa: E402
-from plate_refocus.simulate import Camera, simulate_field  # noqa: E402
+from plate_refocus.simulate import Camera  # noqa: E402
 from plate_refocus.unet import load_model  # noqa: E402
 
 OPTICS = g.REPORT
 RANGE = g.RANGE
 CONDITIONS = (("2000 photons", Camera(), 0.0), ("300 photons", Camera(photons=300.0), 0.0),
               ("0.15 waves spherical", Camera(), 0.15))
-
-
-def simulate_well(family, depths, fields, size, seed, camera, spherical):
-    """(F, Z, Y, X) planes and (F, Y, X) truth, one stain (nuclei) as in generalization.py."""
-    outs = [simulate_field(size, depths, seed=np.random.SeedSequence([seed, f]), optics=OPTICS, camera=camera,
-                           channels=("nuclei",), family=None if family == "u2os" else family,
-                           spherical_rms_waves=spherical) for f in range(fields)]
-    return np.stack([o.images[0] for o in outs]), np.stack([o.in_focus[0] for o in outs])
 
 
 def score_well(models, planes, truth, depth, camera):
@@ -167,8 +159,8 @@ def main(argv=None) -> int:
     rows = []
     for k, (cond, camera, spherical) in enumerate(CONDITIONS):
         for i, family in enumerate(families):
-            planes, truth = simulate_well(family, depths, args.fields, size, seed=5000 + 100 * k + 7 * i,
-                                          camera=camera, spherical=spherical)
+            planes, truth = g.simulate(OPTICS, family, depths, args.fields, size, seed=5000 + 100 * k + 7 * i,
+                                       spherical=spherical, camera=camera)
             for j, depth in enumerate(depths):
                 for r in score_well(models, planes[:, j], truth, depth, camera):
                     rows.append({"condition": cond, "family": family, "depth": depth, **r})
