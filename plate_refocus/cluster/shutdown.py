@@ -4,9 +4,9 @@ When a cluster closes, a worker's heartbeat that is in flight as the worker
 shuts down fails, and ``distributed.worker`` logs "Failed to communicate with
 scheduler during heartbeat" at ERROR with a traceback (dask/distributed#7105,
 open): a successful command then ends with a traceback on the terminal, which
-reads like a failure. :class:`QuietClose` drops exactly that record once its
-worker is closing; the same failure while the worker runs (a scheduler that
-went away mid-run) is still logged.
+reads like a failure. :class:`QuietClose` drops exactly that record while the
+workers of its process are closing; the same failure while a worker runs (a
+scheduler that went away mid-run) is still logged.
 """
 
 from __future__ import annotations

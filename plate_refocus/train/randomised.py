@@ -28,6 +28,7 @@ import numpy as np
 from ..morphology import FAMILIES, HELD_OUT_FAMILIES, STAINS
 from ..optics import Optics
 from ..simulate import Camera, simulate_field
+from ..unet.model import OPTICS_TOLERANCE
 
 __all__ = ["Randomisation", "TRAINING_FAMILIES", "CAMERA_BITS", "randomised_training_set", "summarise_conditions"]
 
@@ -53,7 +54,8 @@ class Randomisation:
     photons : (float, float)
         Range of the camera's peak photons, drawn log-uniformly.
     optics_jitter : float
-        Relative half-range of the uniform jitter of NA, wavelength and pixel size.
+        Relative half-range of the uniform jitter of NA, wavelength and pixel size
+        (default ``OPTICS_TOLERANCE``, within which ``run`` accepts the model).
     depths_um : sequence of float
         Distances from focus of every well's planes.
     """
@@ -61,7 +63,7 @@ class Randomisation:
     families: tuple[str, ...] = TRAINING_FAMILIES
     stains: tuple[str, ...] = STAINS
     photons: tuple[float, float] = (200.0, 20000.0)
-    optics_jitter: float = 0.05
+    optics_jitter: float = OPTICS_TOLERANCE  # the band run accepts a model in
     depths_um: tuple[float, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 18, 21, 25, 30, 35, 40)
 
     def __post_init__(self) -> None:
