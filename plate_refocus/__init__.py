@@ -57,6 +57,7 @@ _LAZY = {
     "load_model": "unet",
     "save_model": "unet",
     "default_model_path": "unet",
+    "shipped_model_paths": "unet",
     "train_plate": "train",
     "evaluate_plate": "metrics",
     "run_plate": "pipeline",

@@ -63,6 +63,25 @@ def test_run_refuses_a_model_trained_for_other_optics_before_any_work(tiny_plate
     assert "trained for optics {'pixel_size_um': 0.3}" in near.stderr
 
 
+def test_run_without_a_model_takes_the_shipped_one_for_the_plates_objective(tiny_plate, tmp_path):
+    from plate_refocus.unet import read_model_info, shipped_model_paths
+
+    shipped = {p: read_model_info(p) for p in shipped_model_paths()}
+    if len(shipped) < 2:
+        pytest.skip("only one objective has a shipped model in this checkout")
+    out = tmp_path / "r.zarr"
+    for path, info in shipped.items():
+        o = info.optics
+        done = cli("run", str(tiny_plate), str(out), "--method", "hybrid", "--na", str(o.na),
+                   "--wavelength", str(o.wavelength_um), "--pixel-size", str(o.pixel_size_um), "--dry-run")
+        assert done.returncode == 0, done.stderr
+        assert f"model: {info.name} ({path})" in done.stdout
+    # an objective no shipped model was trained for: refused before any work, saying what to do
+    done = cli("run", str(tiny_plate), str(out), "--method", "unet", "--na", "0.8", "--workers", "1")
+    assert done.returncode == 2 and "trained for optics" in done.stderr and "--method rl" in done.stderr
+    assert not out.exists()
+
+
 def test_run_prints_dashboard_progress_and_summary(tiny_plate, tiny_model, tmp_path):
     out = tmp_path / "r.zarr"
     done = cli("run", str(tiny_plate), str(out), "--model", str(tiny_model), "--workers", "1",

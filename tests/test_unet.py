@@ -337,6 +337,36 @@ def test_default_model_path_is_package_data():
     assert path.parent.parent.name == "plate_refocus"
 
 
+def test_the_shipped_model_is_chosen_by_the_plates_optics(tiny, tmp_path, monkeypatch):
+    import dataclasses
+
+    from plate_refocus.unet import io, shipped_model_paths
+
+    second = Optics(na=0.45, wavelength_um=0.46, pixel_size_um=0.325)
+    default = save_model(RefocusModel(tiny.keras_model, dataclasses.replace(tiny.info, name="report")),
+                         tmp_path / "default.keras")
+    other = save_model(RefocusModel(tiny.keras_model, dataclasses.replace(tiny.info, name="second", optics=second)),
+                       tmp_path / "na045.keras")
+    monkeypatch.setattr(io, "_models_folder", lambda: tmp_path)
+    assert shipped_model_paths() == [default, other]
+    assert default_model_path() == default
+    assert default_model_path(Optics()) == default
+    assert default_model_path(dataclasses.replace(second, na=0.46)) == other  # within OPTICS_TOLERANCE
+    # none fits: the default, which run refuses for these optics (test_bad_input)
+    assert default_model_path(Optics(na=0.8, wavelength_um=0.46, pixel_size_um=0.325)) == default
+
+
+@pytest.mark.skipif(not default_model_path().exists(), reason="the default model is not shipped in this checkout")
+def test_every_shipped_model_loads_and_is_found_for_its_own_optics():
+    from plate_refocus.unet import shipped_model_paths
+
+    for path in shipped_model_paths():
+        model = load_model(path)
+        assert default_model_path(model.info.optics) == path
+        out = model.predict(_image((96, 128)))
+        assert out.shape == (96, 128) and np.isfinite(out).all()
+
+
 @pytest.mark.skipif(not default_model_path().exists(), reason="the default model is not shipped in this checkout")
 def test_default_model_loads_and_refocuses():
     model = load_model()

@@ -212,12 +212,27 @@ def add_info(subparsers) -> None:
     p.set_defaults(func=run_info)
 
 
+def _model_summary(path) -> dict:
+    """What `info` says about one shipped model file (its JSON alone; no Keras)."""
+    from ..unet import read_model_info
+
+    model = {"path": str(path), "present": path.exists()}
+    if path.exists():
+        info = read_model_info(path)
+        training = info.training or {}
+        model.update(name=info.name, sha256=info.sha256, optics=info.optics.to_dict(),
+                     depths_um=list(info.depths_um),
+                     trained_on={key: training.get(key) for key in ("plate", "target", "steps")},
+                     fine_tuned_from=(training.get("init") or {}).get("name"))
+    return model
+
+
 def installation_info() -> dict:
-    """Versions, GPU and default model of this installation (imports no Keras)."""
+    """Versions, GPU and shipped models of this installation (imports no Keras)."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    from ..unet import default_model_path, read_model_info
+    from ..unet import default_model_path, shipped_model_paths
     from ..xp import gpu_available
 
     versions = {}
@@ -227,17 +242,22 @@ def installation_info() -> dict:
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = None
-    path = default_model_path()
-    model = {"path": str(path), "present": path.exists()}
-    if path.exists():
-        info = read_model_info(path)
-        training = info.training or {}
-        model.update(name=info.name, sha256=info.sha256, optics=info.optics.to_dict(),
-                     depths_um=list(info.depths_um),
-                     trained_on={key: training.get(key) for key in ("plate", "target", "steps")},
-                     fine_tuned_from=(training.get("init") or {}).get("name"))
+    default = default_model_path()
+    others = [_model_summary(p) for p in shipped_model_paths() if p != default]
     return {"plate_refocus": __version__, "python": platform.python_version(),
-            "packages": versions, "gpu": gpu_available(), "default_model": model}
+            "packages": versions, "gpu": gpu_available(), "default_model": _model_summary(default),
+            "other_models": others}
+
+
+def _print_model(label: str, model: dict) -> None:
+    if not model["present"]:
+        print(f"  {label}: MISSING at {model['path']}; pass --model to run/evaluate")
+        return
+    print(f"  {label}: {model['name']} ({model['sha256'][:12]}), trained for "
+          f"{model['optics']}, depths {model['depths_um']} um")
+    trained = model["trained_on"]
+    print(f"    trained on {trained['plate']} (target {trained['target']}, {trained['steps']} steps)"
+          + (f", fine-tuned from {model['fine_tuned_from']}" if model["fine_tuned_from"] else ""))
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -254,17 +274,11 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"plate-refocus {info['plate_refocus']} on Python {info['python']}")
         print("  " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
         print(f"  GPU (CuPy + CUDA): {'yes' if info['gpu'] else 'no; everything runs on NumPy'}")
-        model = info["default_model"]
-        if model["present"]:
-            print(f"  default model: {model['name']} ({model['sha256'][:12]}), trained for "
-                  f"{model['optics']}, depths {model['depths_um']} um")
-            trained = model["trained_on"]
-            print(f"    trained on {trained['plate']} (target {trained['target']}, "
-                  f"{trained['steps']} steps)"
-                  + (f", fine-tuned from {model['fine_tuned_from']}" if model["fine_tuned_from"] else "")
-                  + "; used by --method unet and hybrid (the default method, rl, uses no network)")
-        else:
-            print(f"  default model: MISSING at {model['path']}; pass --model to run/evaluate")
+        _print_model("default model", info["default_model"])
+        for model in info["other_models"]:
+            _print_model("model for other optics", model)
+        print("  --method unet and hybrid use the shipped model trained for the plate's optics, unless "
+              "--model names one (the default method, rl, uses no network)")
         return 0
     from ..outputs import is_ours
 

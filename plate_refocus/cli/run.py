@@ -102,6 +102,9 @@ def run_run(args: argparse.Namespace) -> int:
         layout = plan.layout
         print(f"plan: {len(plan.wells)} wells x {layout.n_fields} fields x {layout.n_z} planes "
               f"-> {args.out}" + (f" ({len(plan.skipped)} done wells skipped)" if plan.skipped else ""))
+        if plan.model_info:
+            print(f"model: {plan.model_info.get('name')} ({plan.job.model_path}), trained for "
+                  f"{plan.model_info.get('optics')}")
         script = job_script_for_args(args)
         if script:
             print("batch job script for each worker job:")

@@ -224,7 +224,9 @@ def _model_for(method: str, reference: str, model: Any, optics: Optics) -> tuple
     """The model's path and metadata when the method or reference needs the network."""
     from ..unet import default_model_path
 
-    model_path = str(Path(model) if model is not None else default_model_path())
+    # Unnamed: the shipped model for the plate's objective (the default one where none fits,
+    # which _check_model then refuses with what to do).
+    model_path = str(Path(model) if model is not None else default_model_path(optics))
     if method in ("wiener", "rl") and reference != "refocused":
         if model is None:
             return "", {}

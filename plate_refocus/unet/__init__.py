@@ -40,6 +40,7 @@ from .io import (
     native_startup_lines_to_log,
     read_model_info,
     save_model,
+    shipped_model_paths,
 )
 from .model import FORMAT_VERSION, ModelInfo, RefocusModel, denormalize, normalize, percentile_range
 from .network import UNetConfig, build_unet
@@ -52,6 +53,7 @@ __all__ = [
     "load_model",
     "save_model",
     "default_model_path",
+    "shipped_model_paths",
     "normalize",
     "denormalize",
     "percentile_range",

@@ -4,7 +4,8 @@
 so weights and metadata cannot drift apart silently), :func:`load_model`
 checks and loads them in Keras safe mode (TensorFlow's start-up noise sent
 to the log), :func:`read_model_info` reads the metadata alone (no Keras),
-and :func:`default_model_path` is the model shipped with the package.
+and :func:`default_model_path` is the shipped model for an objective (one per objective:
+:func:`shipped_model_paths`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, ModelNotFoundError
+from ..optics import Optics
 from .model import ModelInfo, RefocusModel
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "load_model",
     "read_model_info",
     "default_model_path",
+    "shipped_model_paths",
     "native_startup_lines_to_log",
 ]
 
@@ -52,9 +56,48 @@ def _metadata_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def default_model_path() -> Path:
-    """Path of the model shipped with the package (``plate_refocus/models/default.keras``)."""
-    return Path(str(resources.files("plate_refocus") / "models" / _DEFAULT_MODEL))
+def _models_folder() -> Path:
+    return Path(str(resources.files("plate_refocus") / "models"))
+
+
+def shipped_model_paths() -> list[Path]:
+    """Every model shipped with the package (``plate_refocus/models/*.keras``), the default first.
+
+    The network is not told the optics, so there is one model per objective; the default is the
+    report's (NA 0.25, 0.52 um, 0.3 um pixels).
+    """
+    folder = _models_folder()
+    default = folder / _DEFAULT_MODEL
+    others = sorted(p for p in folder.glob("*.keras") if p != default)
+    return ([default] if default.exists() else []) + others
+
+
+def default_model_path(optics: Optics | None = None) -> Path:
+    """Path of the shipped model to use when none is named.
+
+    Without ``optics``: ``plate_refocus/models/default.keras``. With them: the
+    shipped model trained for the closest optics within
+    :data:`~plate_refocus.unet.model.OPTICS_TOLERANCE`, else the default
+    (which ``run`` then refuses for those optics, naming what was shipped).
+    """
+    default = _models_folder() / _DEFAULT_MODEL
+    if optics is None:
+        return default
+    from .model import OPTICS_TOLERANCE
+
+    best, best_distance = default, math.inf
+    for path in shipped_model_paths():
+        try:
+            trained = read_model_info(path).optics
+        except ModelError:
+            continue  # a broken shipped file is reported when it is loaded, not chosen here
+        if trained.differs_from(optics, rtol=OPTICS_TOLERANCE):
+            continue
+        distance = max(abs(getattr(trained, f.name) / getattr(optics, f.name) - 1.0)
+                       for f in dataclasses.fields(optics))
+        if distance < best_distance:
+            best, best_distance = path, distance
+    return best
 
 
 def save_model(model: RefocusModel, path: str | os.PathLike) -> Path:
