@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 
 import numpy as np
 import pytest
@@ -88,6 +89,18 @@ def test_richardson_lucy_stops_when_it_stops_improving_under_a_wrong_model(field
     # a model blurrier than the data cannot reach the noise level (a sharper one can: the object absorbs it)
     out = richardson_lucy(field.images[0, 2], Blur.model(OPTICS, 25.0), noise=NOISE, max_iter=300)
     assert out.stop == "stalled" and out.iterations < 300 and out.chi2 > 1.5
+
+
+def test_richardson_lucy_runs_past_its_stopping_rule_by_the_overrun(field):
+    blur = Blur.model(OPTICS, 8.0)
+    at_rule = richardson_lucy(field.images[0, 1], blur, noise=NOISE, overrun=0.0)
+    past = richardson_lucy(field.images[0, 1], blur, noise=NOISE, overrun=0.5)
+    k = at_rule.iterations  # the estimate returned has had k - 1 updates
+    assert past.stop == at_rule.stop and past.iterations == k + math.ceil(0.5 * (k - 1))
+    assert past.chi2 < at_rule.chi2  # the chi-square returned is the returned estimate's
+    assert gain(field, 1, past.image) > gain(field, 1, at_rule.image) - 0.5
+    capped = richardson_lucy(field.images[0, 1], blur, noise=NOISE, overrun=0.5, max_iter=k + 1)
+    assert capped.iterations == k + 1
 
 
 def test_richardson_lucy_respects_max_iter(field):

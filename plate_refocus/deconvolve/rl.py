@@ -15,6 +15,14 @@ from .blur import Blur, NoiseModel, Restoration, check_blur, check_image, transf
 
 log = logging.getLogger(__name__)
 
+#: Iterations run past the stopping rule, as a fraction of those before it. The discrepancy rule
+#: (chi2 <= 1) and the stall rule (chi2 falls by < 0.1 % an iteration; where most restorations at
+#: 20-40 um stop) both stop early: at the true |z| on held-out families (3-field wells of
+#: 260 x 348, 10-40 um, 300 / 2,000 / 20,000 photons) running 0.5x more gained -0.1..+2.6 dB
+#: (+1.0..+2.0 typical), 1x more about as much with a few losses, 2x more lost up to 2 dB at
+#: 300 photons. README "Richardson-Lucy stops too early".
+OVERRUN = 0.5
+
 
 def richardson_lucy(
     image: Any,
@@ -24,6 +32,7 @@ def richardson_lucy(
     target_chi2: float = 1.0,
     max_iter: int = 200,
     tol: float = 1e-3,
+    overrun: float = OVERRUN,
     accelerate: bool = True,
     backend: str = "numpy",
     workers: int | None = 1,
@@ -45,6 +54,10 @@ def richardson_lucy(
     tol : float
         Stop when an iteration lowers the chi-square by less than this fraction
         (it has stopped improving: a model that cannot reach the noise level).
+    overrun : float
+        Once either rule stops it after ``k`` iterations, run ``overrun * k``
+        more (within ``max_iter``): both rules stop early (default
+        :data:`OVERRUN`; 0 stops where they fire).
     accelerate : bool
         Biggs-Andrews vector extrapolation (fewer iterations for the same fit).
     backend : {"numpy", "cupy", "auto"}
@@ -71,8 +84,9 @@ def richardson_lucy(
         raise TypeError(f"richardson_lucy needs noise=NoiseModel(offset, read_noise, gain), got {noise!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
-    if not (target_chi2 > 0 and tol >= 0):
-        raise ValueError(f"target_chi2 must be > 0 and tol >= 0, got {target_chi2!r}, {tol!r}")
+    if not (target_chi2 > 0 and tol >= 0 and overrun >= 0):
+        raise ValueError(f"target_chi2 must be > 0, tol >= 0 and overrun >= 0, got {target_chi2!r}, {tol!r}, "
+                         f"{overrun!r}")
     img = check_image(image)
     data = (img - noise.offset) / noise.gain
     shift = (noise.read_noise / noise.gain) ** 2 + 1.0 / 12.0 / noise.gain**2
@@ -100,16 +114,24 @@ def richardson_lucy(
     chi2 = math.inf
     stop = "max_iter"
     iterations = 0
+    last = int(max_iter)  # the iteration whose estimate is returned
+
+    def misfit(x):
+        blurred = xp.clip(through(x, h), 0.0, None)
+        return blurred, float(xp.mean((data_dev - blurred[crop]) ** 2 / (blurred[crop] + shift)))
+
     for iteration in range(1, int(max_iter) + 1):
         iterations = iteration
-        blurred = xp.clip(through(x, h), 0.0, None)
         previous = chi2
-        chi2 = float(xp.mean((data_dev - blurred[crop]) ** 2 / (blurred[crop] + shift)))
-        if chi2 <= target_chi2:
-            stop = "discrepancy"
-            break
-        if math.isfinite(previous) and previous - chi2 < tol * previous:
-            stop = "stalled"
+        blurred, chi2 = misfit(x)
+        if stop == "max_iter":
+            if chi2 <= target_chi2:
+                stop = "discrepancy"
+            elif math.isfinite(previous) and previous - chi2 < tol * previous:
+                stop = "stalled"
+            if stop != "max_iter":  # x has had iteration - 1 updates: give it overrun times as many more
+                last = min(int(max_iter), iteration + math.ceil(overrun * (iteration - 1)))
+        if iteration == last:
             break
         # Biggs-Andrews: extrapolate along the last step before the RL update
         y = x
