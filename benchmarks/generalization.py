@@ -133,7 +133,8 @@ def evaluate_well(model, sim_optics, optics, family, depths, args, seed, spheric
             continue
         net = model.predict_batch(planes) if model is not None else None
         blur = Blur.model(optics, restoration_depth(whole))
-        runs = pipeline_default(planes, images[:, focal] if focal is not None else None, optics, args, net)
+        runs = pipeline_default(planes, images[:, focal] if focal is not None else None, optics, args, net,
+                                model.info.consistency_limit if model is not None else None)
         for f in range(args.fields):
             g, t = planes[f], truth[f]
             row = {"label": label, "depth": depth, "field": f, "input": psnr(t, g, data_range=RANGE)}
@@ -163,7 +164,7 @@ def evaluate_well(model, sim_optics, optics, family, depths, args, seed, spheric
     return psnr_rows, z_rows, cons_rows
 
 
-def pipeline_default(planes, focal_planes, optics, args, net=None):
+def pipeline_default(planes, focal_planes, optics, args, net=None, network_limit=None):
     """The run's own per-(well, depth) function with the default method, on the well's first
     fields: without a reference (a plate that records no in-focus plane) and with the in-focus
     plane as reference (a stack that records it); given the network's outputs, also
@@ -182,7 +183,8 @@ def pipeline_default(planes, focal_planes, optics, args, net=None):
             list(planes[:n]), settings=dataclasses.replace(settings, reference="focal-plane"),
             freq=freq, references=list(focal_planes[:n]))
     if net is not None:
-        runs["hybrid"] = process_depth(list(planes[:n]), settings=dataclasses.replace(settings, method="hybrid"),
+        hybrid = dataclasses.replace(settings, method="hybrid", network_limit=network_limit)
+        runs["hybrid"] = process_depth(list(planes[:n]), settings=hybrid,
                                        freq=freq, refocus=lambda _: np.asarray(net[:n], dtype=np.float32))
     return runs
 

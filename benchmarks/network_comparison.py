@@ -68,7 +68,9 @@ def score_well(models, planes, truth, depth, camera, optics):
     for name, model in models.items():
         net = model.predict_batch(planes)
         cols[name] = net
-        hybrid = process_depth(list(planes), settings=dataclasses.replace(settings, method="hybrid"), freq=freq,
+        hybrid = process_depth(list(planes), freq=freq,
+                               settings=dataclasses.replace(settings, method="hybrid",
+                                                            network_limit=model.info.consistency_limit),
                                refocus=lambda _, net=net: net)
         cols[f"{name} hybrid"] = hybrid.refocused
     rows = []

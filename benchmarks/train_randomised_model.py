@@ -23,6 +23,14 @@ The shipped model (plate-refocus-randomised-f8) is the best checkpoint of
         save_model(load_model('scratch/randomised8.keras'), 'plate_refocus/models/default.keras')"
 
 Stopping by time is not step-exact; pass --epochs 139 (27,800 steps) for a replay.
+
+The shipped model for NA 0.45 (plate_refocus/models/na045.keras, plate-refocus-randomised-f8-na045)
+is the default one fine-tuned on that objective's randomised set (best checkpoint after 16,800 of
+27,800 steps, 55 min on one core), re-saved the same way:
+
+    TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 python benchmarks/train_randomised_model.py \
+        --na 0.45 --wavelength 0.46 --pixel-size 0.325 --init plate_refocus/models/default.keras \
+        --out scratch/na045.keras --name plate-refocus-randomised-f8-na045 --wells 400 --minutes 55
 """
 
 from __future__ import annotations

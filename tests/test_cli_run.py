@@ -76,6 +76,8 @@ def test_run_without_a_model_takes_the_shipped_one_for_the_plates_objective(tiny
                    "--wavelength", str(o.wavelength_um), "--pixel-size", str(o.pixel_size_um), "--dry-run")
         assert done.returncode == 0, done.stderr
         assert f"model: {info.name} ({path})" in done.stdout
+        if info.consistency_limit is not None:  # the limit measured for the model reaches the run
+            assert f"hybrid keeps its output at consistency <= {info.consistency_limit:g}" in done.stdout
     # an objective no shipped model was trained for: refused before any work, saying what to do
     done = cli("run", str(tiny_plate), str(out), "--method", "unet", "--na", "0.8", "--workers", "1")
     assert done.returncode == 2 and "trained for optics" in done.stderr and "--method rl" in done.stderr

@@ -6,6 +6,7 @@ use the session's real LocalCluster.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -141,6 +142,10 @@ def test_hybrid_restores_known_blur_by_physics_and_uses_a_consistent_network_nea
                            refocus=wild)
     assert (result.method_used == METHOD_IDENTITY).all()
     np.testing.assert_array_equal(result.refocused, images[:, 0].astype(np.float32))
+    # the model's own limit (its JSON's consistency_limit, run passes it on) replaces the package's
+    strict = dataclasses.replace(settings("hybrid", "blind"), network_limit=1e-3)
+    result = process_depth(list(images[:, 0]), settings=strict, freq=freq, refocus=perfect)
+    assert (result.method_used == METHOD_IDENTITY).all()
 
 
 def test_masked_and_missing_planes_are_left_out(stacks):

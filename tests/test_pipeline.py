@@ -131,6 +131,7 @@ def test_building_well_graphs_computes_nothing_and_stays_small(tiny_plate, tiny_
         raise AssertionError("building the graph computed something")
 
     plan = plan_run(tiny_plate, tmp_path / "unused.zarr", model=tiny_model)
+    assert plan.job.settings.network_limit is None  # the tiny model measured none: CONSISTENCY_LIMIT
     with dask.config.set(scheduler=refuse):
         graph = dict(well_graph(plan, 0).__dask_graph__())
         total, largest, tasks = plate_graph_size(plan)

@@ -313,9 +313,22 @@ def test_missing_or_invalid_metadata(tiny, tmp_path):
     meta.write_text(json.dumps(bad))
     with pytest.raises(ModelError, match="missing key 'optics'.*depths_um.*norm_percentiles.*halo is 3"):
         load_model(path)
+    meta.write_text(json.dumps({**good, "consistency_limit": -1}))
+    with pytest.raises(ModelError, match="consistency_limit must be a positive number"):
+        load_model(path)
     meta.unlink()
     with pytest.raises(ModelError, match="no metadata file"):
         load_model(path)
+
+
+def test_a_model_carries_the_consistency_limit_measured_for_it(tiny, tmp_path):
+    import dataclasses
+
+    assert tiny.info.consistency_limit is None  # the package's CONSISTENCY_LIMIT then
+    model = RefocusModel(tiny.keras_model, dataclasses.replace(tiny.info, consistency_limit=10.0))
+    path = save_model(model, tmp_path / "m.keras")
+    assert json.loads(path.with_suffix(".json").read_text())["consistency_limit"] == 10.0
+    assert load_model(path).info.consistency_limit == 10.0
 
 
 def test_safe_mode_refuses_lambda_layer(tmp_path):

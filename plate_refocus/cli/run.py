@@ -103,8 +103,10 @@ def run_run(args: argparse.Namespace) -> int:
         print(f"plan: {len(plan.wells)} wells x {layout.n_fields} fields x {layout.n_z} planes "
               f"-> {args.out}" + (f" ({len(plan.skipped)} done wells skipped)" if plan.skipped else ""))
         if plan.model_info:
+            limit = plan.job.settings.network_limit
             print(f"model: {plan.model_info.get('name')} ({plan.job.model_path}), trained for "
-                  f"{plan.model_info.get('optics')}")
+                  f"{plan.model_info.get('optics')}" + (
+                      f"; hybrid keeps its output at consistency <= {limit:g}" if limit is not None else ""))
         script = job_script_for_args(args)
         if script:
             print("batch job script for each worker job:")

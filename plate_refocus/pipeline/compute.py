@@ -79,6 +79,7 @@ class DepthSettings:
     backend: str  # FFT array backend: "numpy", "cupy" or "auto"
     read_noise: float | None = None  # the camera's, when recorded; None: from the data
     psf_size: int = PSF_SIZE
+    network_limit: float | None = None  # hybrid keeps the network at consistency <= this (the model's)
 
 
 @dataclasses.dataclass
@@ -248,6 +249,7 @@ def _refocus(ps: _Planes, settings: DepthSettings, net: dict[int, np.ndarray], b
     method_used = np.full(n, -1, dtype=np.int8)
     trust = np.full(n, np.nan)
     check = blur if blur is not None else Blur.model(settings.optics, 0.0)
+    limit = CONSISTENCY_LIMIT if settings.network_limit is None else settings.network_limit
     method = settings.method
     for f in ps.present:
         out, code = ps.raw[f], METHOD_IDENTITY
@@ -257,7 +259,7 @@ def _refocus(ps: _Planes, settings: DepthSettings, net: dict[int, np.ndarray], b
             out = _restore(ps.raw[f], blur, "wiener" if method == "wiener" else "rl", noise)
             code = METHOD_WIENER if method == "wiener" else METHOD_RL
         elif method == "hybrid" and f in ps.signal \
-                and consistency(ps.raw[f], net[f], check, noise=noise) <= CONSISTENCY_LIMIT:
+                and consistency(ps.raw[f], net[f], check, noise=noise) <= limit:
             out, code = net[f], METHOD_UNET  # near focus the physics has nothing to restore with
         if f in ps.signal and code != METHOD_IDENTITY:  # a plane left as it is has nothing to check
             trust[f] = consistency(ps.raw[f], out, check, noise=noise)

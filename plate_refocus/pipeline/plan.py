@@ -166,7 +166,8 @@ def plan_run(
     settings = DepthSettings(
         optics=layout.optics, method=method, reference=reference, background=layout.offset,
         data_range=layout.data_range, backend=backend,
-        read_noise=float(camera["read_noise"]) if {"offset", "read_noise"} <= set(camera) else None)
+        read_noise=float(camera["read_noise"]) if {"offset", "read_noise"} <= set(camera) else None,
+        network_limit=info.get("consistency_limit"))
     job = RunJob(layout=layout, channel=ci, writer=ResultsWriter(str(out), ""),
                  model_path=model_path, model_sha256=str(info.get("sha256", "")),
                  settings=settings, reference=reference,

@@ -126,6 +126,11 @@ class ModelInfo:
     metrics : dict
         Validation metrics.
     package_version, keras_version : str
+    consistency_limit : float, optional
+        The largest :func:`~plate_refocus.deconvolve.consistency` at which
+        ``--method hybrid`` keeps this model's output, where it was measured
+        for the model (it scales with the optics); None: the package's
+        :data:`~plate_refocus.deconvolve.CONSISTENCY_LIMIT`.
     """
 
     name: str
@@ -140,6 +145,7 @@ class ModelInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     package_version: str = ""
     keras_version: str = ""
+    consistency_limit: float | None = None
 
     @property
     def halo(self) -> int:
@@ -171,6 +177,7 @@ class ModelInfo:
             "metrics": self.metrics,
             "package_version": self.package_version,
             "keras_version": self.keras_version,
+            "consistency_limit": self.consistency_limit,
         }
 
     @classmethod
@@ -233,6 +240,12 @@ class ModelInfo:
                     values[key] = data[key]
                 else:
                     problems.append(f"{key} must be a string, got {data[key]!r}")
+        limit = data.get("consistency_limit")
+        if limit is not None:
+            if isinstance(limit, (int, float)) and not isinstance(limit, bool) and math.isfinite(limit) and limit > 0:
+                values["consistency_limit"] = float(limit)
+            else:
+                problems.append(f"consistency_limit must be a positive number or null, got {limit!r}")
         for key in ("training", "metrics"):
             if key in data:
                 if isinstance(data[key], dict):
