@@ -9,7 +9,7 @@ identifiable), for five conditions (2000, 300 and 20,000 photons; 0.15 and 0.08 
 spherical aberration that nothing in the project models): how many outputs that gained over the
 input and how many that lost each limit keeps, and the worst kept.
 
-    python benchmarks/network_guard.py          # ~5 min on 2 cores
+    python benchmarks/network_guard.py          # about a minute on 2 cores
 """
 
 from __future__ import annotations
