@@ -80,13 +80,7 @@ def richardson_lucy(
     The output is ``T x`` cropped, in ADU, plus the offset.
     """
     blur = check_blur(blur)
-    if not isinstance(noise, NoiseModel):
-        raise TypeError(f"richardson_lucy needs noise=NoiseModel(offset, read_noise, gain), got {noise!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
-    if not (target_chi2 > 0 and tol >= 0 and overrun >= 0):
-        raise ValueError(f"target_chi2 must be > 0, tol >= 0 and overrun >= 0, got {target_chi2!r}, {tol!r}, "
-                         f"{overrun!r}")
+    _check_settings(noise, max_iter, target_chi2, tol, overrun)
     img = check_image(image)
     data = (img - noise.offset) / noise.gain
     shift = (noise.read_noise / noise.gain) ** 2 + 1.0 / 12.0 / noise.gain**2
@@ -147,6 +141,16 @@ def richardson_lucy(
     out = (restored * noise.gain + noise.offset).astype(np.float32)
     log.debug("richardson_lucy: %d iterations, chi2 %.3f, %s", iterations, chi2, stop)
     return Restoration(out, float(chi2), iterations, stop)
+
+
+def _check_settings(noise: Any, max_iter: Any, target_chi2: float, tol: float, overrun: float) -> None:
+    if not isinstance(noise, NoiseModel):
+        raise TypeError(f"richardson_lucy needs noise=NoiseModel(offset, read_noise, gain), got {noise!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    if not (target_chi2 > 0 and tol >= 0 and overrun >= 0):
+        raise ValueError(f"target_chi2 must be > 0, tol >= 0 and overrun >= 0, got {target_chi2!r}, {tol!r}, "
+                         f"{overrun!r}")
 
 
 @lru_cache(maxsize=8)
