@@ -187,10 +187,7 @@ def main(argv=None) -> int:
     for name, model in models.items() if args.optics == "report" else ():
         sections.append(f"##### {name}\n\n" + g.bbbc006(model, g.BBBC006))
     sections.append(f"(total {time.time() - start:.0f} s)")
-    text = "\n\n".join(sections)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    g.publish("\n\n".join(sections), args.out)
     return 0
 
 

@@ -97,9 +97,7 @@ def main(argv=None) -> int:
         rows = score(CAMERAS, ["u2os", *HELD_OUT_FAMILIES], [10.0, 20.0, 30.0, 40.0], 2, (260, 348))
     text = (f"RL stopping (report optics, RL at the true |z|, {'quick' if args.quick else 'full'})\n\n"
             + tables(rows) + f"\n\n(total {time.time() - start:.0f} s)")
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    g.publish(text, args.out)
     return 0
 
 
