@@ -8,8 +8,9 @@ field against the in-focus truth (PSNR, data range 4095):
 
 - input; `run`'s default (`pipeline.process_depth`, Richardson-Lucy at the well's blind |z|), and
   `run --method wiener` (Wiener at the blind |z|, the other physics baseline the network issue names);
-- each network alone (`--method unet`) and `run --method hybrid` with it (`process_depth`: the
-  network where its output is consistent with the plane, else the physics);
+- each network alone (`--method unet`) and `run --method hybrid` with it (`process_depth`: RL
+  wherever the well's blur is known; near focus, where it is not, the network where its output
+  is consistent with the plane under the model's `consistency_limit`);
 - the oracle: Wiener with the true depth and optics, balance chosen by PSNR against the truth.
 
 Then the network issue's bars per model (>= run default + 1 dB at each depth 10-30 um, >= input at

@@ -17,10 +17,10 @@ log = logging.getLogger(__name__)
 
 #: Iterations run past the stopping rule, as a fraction of those before it. The discrepancy rule
 #: (chi2 <= 1) and the stall rule (chi2 falls by < 0.1 % an iteration; where most restorations at
-#: 20-40 um stop) both stop early: at the true |z| on held-out families (3-field wells of
-#: 260 x 348, 10-40 um, 300 / 2,000 / 20,000 photons) running 0.5x more gained -0.1..+2.6 dB
-#: (+1.0..+2.0 typical), 1x more about as much with a few losses, 2x more lost up to 2 dB at
-#: 300 photons. README "Richardson-Lucy stops too early".
+#: 20-40 um stop) both stop early: at the true |z| on u2os and the held-out families (2 fields
+#: of 260 x 348, 10-40 um, 300 / 2,000 / 20,000 photons; benchmarks/rl_stopping.py) running 0.5x
+#: more gained -0.14..+2.50 dB (median +1.40) over the 60 cells, 1x more -0.28..+3.87, 2x more
+#: lost up to 1.47 dB in 5 cells. README "Richardson-Lucy stopped too early".
 OVERRUN = 0.5
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import ModelError, ModelNotFoundError
 from ..optics import Optics
-from .model import ModelInfo, RefocusModel
+from .model import OPTICS_TOLERANCE, ModelInfo, RefocusModel
 
 __all__ = [
     "save_model",
@@ -78,13 +78,11 @@ def default_model_path(optics: Optics | None = None) -> Path:
     Without ``optics``: ``plate_refocus/models/default.keras``. With them: the
     shipped model trained for the closest optics within
     :data:`~plate_refocus.unet.model.OPTICS_TOLERANCE`, else the default
-    (which ``run`` then refuses for those optics, naming what was shipped).
+    (which ``run`` then refuses for those optics, saying how to fine-tune one).
     """
     default = _models_folder() / _DEFAULT_MODEL
     if optics is None:
         return default
-    from .model import OPTICS_TOLERANCE
-
     best, best_distance = default, math.inf
     for path in shipped_model_paths():
         try:
