@@ -62,20 +62,24 @@ def _scale(plane: np.ndarray, offset: float) -> float:
     return max(float(np.percentile(plane, 99.9)) - offset, 20.0)
 
 
-def draw_condition(rng: np.random.Generator, max_z: float) -> tuple[str, str, Camera, float]:
-    """One training draw's family, stain, camera (300-20,000 photons, log-uniform) and |z| in [0, max_z)."""
+def draw_condition(rng: np.random.Generator, max_z: float, min_z: float = 0.0) -> tuple[str, str, Camera, float]:
+    """One training draw's family, stain, camera (300-20,000 photons, log-uniform) and |z| in [min_z, max_z)."""
     family = str(rng.choice(TRAIN_FAMILIES))
     stain = "nuclei" if family == "u2os" else str(rng.choice(STAINS))
     camera = Camera(photons=float(np.exp(rng.uniform(np.log(300), np.log(20000)))))
-    return family, stain, camera, float(rng.uniform(0.0, max_z))
+    return family, stain, camera, float(rng.uniform(min_z, max_z))
 
 
 def fit_with_flips(model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, drop_at: int,
-                   image_target: bool) -> list[tuple[float, float]]:
+                   image_target: bool, weights: np.ndarray | None = None) -> list[tuple[float, float]]:
     """Train on all but the first tenth (validation), one of the 8 flips and rotations per epoch (of
-    the targets too when they are images), the learning rate 3e-4 from epoch `drop_at`; per-epoch
-    (loss, validation loss)."""
+    the targets too when they are images), the learning rate 3e-4 from epoch `drop_at`, each sample's
+    loss times `weights` if given; per-epoch (loss, validation loss)."""
     n_val = max(1, len(x) // 10)
+    if weights is not None:  # Keras reduces the loss over channels only: one weight per pixel
+        weights = np.ascontiguousarray(np.broadcast_to(weights[:, None, None], y.shape[:3]))
+    w_train = None if weights is None else weights[n_val:]
+    validation = (x[:n_val], y[:n_val]) if weights is None else (x[:n_val], y[:n_val], weights[:n_val])
     history = []
     for epoch in range(epochs):
         xa, ya = np.rot90(x[n_val:], epoch % 4, axes=(1, 2)), y[n_val:]
@@ -87,7 +91,7 @@ def fit_with_flips(model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_si
         if epoch == drop_at:
             model.optimizer.learning_rate.assign(3e-4)
         h = model.fit(np.ascontiguousarray(xa), np.ascontiguousarray(ya), batch_size=batch_size, epochs=1,
-                      verbose=0, validation_data=(x[:n_val], y[:n_val]))
+                      verbose=0, validation_data=validation, sample_weight=w_train)
         history.append((h.history["loss"][-1], h.history["val_loss"][-1]))
         print(f"epoch {epoch + 1}: loss {history[-1][0]:.5f} val {history[-1][1]:.5f}", flush=True)
     return history
@@ -102,9 +106,9 @@ def write_report(lines: list[str], out: str) -> None:
         fh.write(text + "\n")
 
 
-def training_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def training_pair(rng: np.random.Generator, size: int, min_z: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(2, Y, X) input (plane, RL) and (Y, X) target, normalised; one random field."""
-    family, stain, camera, z = draw_condition(rng, 36.0)
+    family, stain, camera, z = draw_condition(rng, 36.0, min_z)
     out = simulate_field((size, size), [z], seed=int(rng.integers(2**31)), optics=OPTICS, camera=camera,
                          channels=(stain,), family=_family(family))
     plane, truth = out.images[0, 0].astype(np.float32), out.in_focus[0]
@@ -180,7 +184,7 @@ def refine(model, plane: np.ndarray, restored: np.ndarray, offset: float, diviso
 def held_out_wells(args):
     """Every evaluation well: per held-out family, photons and |z|, 3 simulated fields and their blind
     fit. Yields ``(family, photons, z, camera, noise, planes, truths, estimate)``."""
-    for family in HELD_OUT[: args.families]:
+    for family in args.eval_families[: args.families]:
         for photons in args.photons:
             camera = Camera(photons=photons)
             noise = NoiseModel.from_camera(camera)
@@ -198,7 +202,7 @@ def held_out_wells(args):
 def evaluate(model, args, divisor: int) -> list[str]:
     rows = ["| family | photons | \\|z\\| um | blind \\|z\\| | input | RL blind (run default) | refiner on RL blind "
             "| gain over RL | RL true \\|z\\| |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    gains = []
+    gains, per_family = [], {}
     for family, photons, z, camera, noise, planes, truths, estimate in held_out_wells(args):
         z_blind = restoration_depth(estimate)
         scores = np.zeros((3, 4))
@@ -211,12 +215,15 @@ def evaluate(model, args, divisor: int) -> list[str]:
         m = scores.mean(axis=0)
         if 10 <= z <= 30:
             gains.append(m[2] - m[1])
+            per_family.setdefault(family, []).append(m[2] - m[1])
         rows.append(f"| {family} | {photons:g} | {z:g} | {z_blind:.1f} | {m[0]:.2f} | {m[1]:.2f} | "
                     f"{m[2]:.2f} | {m[2] - m[1]:+.2f} | {m[3]:.2f} |")
     if gains:
         rows.append("")
         rows.append(f"gain of the refiner over RL blind at 10-30 um: min {min(gains):+.2f}, "
                     f"mean {np.mean(gains):+.2f}, max {max(gains):+.2f} dB over {len(gains)} (family, photons, depth)")
+        rows.append("per family (min / mean): " + "; ".join(
+            f"{k} {min(v):+.2f} / {np.mean(v):+.2f}" for k, v in per_family.items()))
     return rows
 
 
@@ -230,11 +237,17 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--eval-size", type=int, default=256)
     parser.add_argument("--families", type=int, default=4)
+    parser.add_argument("--min-z", type=float, default=0.0, help="shallowest training |z| (um)")
+    parser.add_argument("--relative-loss", action="store_true",
+                        help="weight each training field by 1 / RL's own MSE, so every field counts equally in dB")
+    parser.add_argument("--eval-families", default=",".join(HELD_OUT),
+                        help="comma-separated families to evaluate on (a training family shows what was learnt)")
     parser.add_argument("--with-depth", action="store_true",
                         help="also give the network the blind |z| and its interval; RL at the blind depth")
     parser.add_argument("--out", default=None, help="markdown file (default scratch/refiner_experiment[_depth].md)")
     args = parser.parse_args()
     args.out = args.out or f"scratch/refiner_experiment{'_depth' if args.with_depth else ''}.md"
+    args.eval_families = args.eval_families.split(",")
     args.depths = [0.0, 5.0, 10.0, 20.0, 30.0]
     args.photons = [2000.0, 500.0]
     if args.quick:
@@ -251,7 +264,7 @@ def main() -> None:
     if args.with_depth:
         pairs = [pair for _ in range(math.ceil(args.pairs / 3)) for pair in training_group(rng, args.size)]
     else:
-        pairs = [training_pair(rng, args.size) for _ in range(args.pairs)]
+        pairs = [training_pair(rng, args.size, args.min_z) for _ in range(args.pairs)]
     x = np.stack([p[0] for p in pairs]).transpose(0, 2, 3, 1)
     y = np.stack([p[1] for p in pairs])[..., None]
     t_data = time.perf_counter() - t0
@@ -259,10 +272,15 @@ def main() -> None:
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     n_val = max(1, len(x) // 10)
     t0 = time.perf_counter()
+    weights = None
+    if args.relative_loss:
+        weights = (1.0 / np.maximum(np.mean((x[..., 1:2] - y) ** 2, axis=(1, 2, 3)), 1e-8)).astype(np.float32)
+        weights /= weights.mean()
     history = fit_with_flips(model, x, y, epochs=args.epochs, batch_size=16, drop_at=args.epochs // 2,
-                             image_target=True)
+                             image_target=True, weights=weights)
     t_train = time.perf_counter() - t0
-    rl_only = float(np.mean((x[:n_val, ..., 1:2] - y[:n_val]) ** 2))
+    rl_mse = np.mean((x[:n_val, ..., 1:2] - y[:n_val]) ** 2, axis=(1, 2, 3))
+    rl_only = float(np.mean(rl_mse if weights is None else weights[:n_val] * rl_mse))  # as the loss weighs it
     divisor = 2**args.depth
     t0 = time.perf_counter()
     table = evaluate(model, args, divisor)
@@ -276,7 +294,8 @@ def main() -> None:
         refine(model, plane, plane, 100.0, divisor, extra)
         t = min(t, time.perf_counter() - s)
     lines = [f"refiner{' told the blind |z| (--with-depth)' if args.with_depth else ''}: U-Net depth {args.depth}, {args.filters} filters, {model.count_params()} parameters; "
-             f"{args.pairs} training fields of {args.size} px ({t_data:.0f} s to simulate and restore), "
+             f"{args.pairs} training fields of {args.size} px, |z| {args.min_z:g}-36 um "
+             f"({t_data:.0f} s to simulate and restore), {'loss relative to RL' if args.relative_loss else 'MSE'}, "
              f"{args.epochs} epochs ({t_train:.0f} s); validation MSE {history[-1][1]:.5f} against "
              f"{rl_only:.5f} for RL alone (normalised units); {1 / t:.1f} images/s at 520 x 696 "
              f"({os.cpu_count()} cores); evaluation {t_eval:.0f} s", "", *table]

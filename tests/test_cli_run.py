@@ -81,6 +81,11 @@ def test_run_without_a_model_takes_the_shipped_one_for_the_plates_objective(tiny
     # an objective no shipped model was trained for: refused before any work, saying what to do
     done = cli("run", str(tiny_plate), str(out), "--method", "unet", "--na", "0.8", "--workers", "1")
     assert done.returncode == 2 and "trained for optics" in done.stderr and "--method rl" in done.stderr
+    # ... and naming the objectives the shipped models do cover, in the same one line
+    error = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1 and "the shipped models were trained for:" in error[0]
+    for path, info in shipped.items():
+        assert f"NA {info.optics.na:g}, {info.optics.wavelength_um:g} um" in error[0] and path.name in error[0]
     assert not out.exists()
 
 

@@ -16,7 +16,7 @@ import dask
 import numpy as np
 
 from .. import __version__
-from ..errors import PlateLayoutError
+from ..errors import ModelError, PlateLayoutError
 from ..optics import Optics
 from ..plate import PlateLayout, read_layout
 from ..results import (
@@ -223,7 +223,7 @@ def _checked_layout(plate: Any, z_step_um: float | None, optics: dict[str, float
 
 def _model_for(method: str, reference: str, model: Any, optics: Optics) -> tuple[str, dict[str, Any]]:
     """The model's path and metadata when the method or reference needs the network."""
-    from ..unet import default_model_path
+    from ..unet import default_model_path, shipped_optics
 
     # Unnamed: the shipped model for the plate's objective (the default one where none fits,
     # which _check_model then refuses with what to do).
@@ -240,7 +240,13 @@ def _model_for(method: str, reference: str, model: Any, optics: Optics) -> tuple
         return model_path, {}
     # Loaded here: a missing, corrupt or ill-fitting model, or one trained for other optics, fails
     # before any worker starts; optics within OPTICS_TOLERANCE warn with both sets of numbers.
-    return model_path, _check_model(model_path, optics)
+    try:
+        return model_path, _check_model(model_path, optics)
+    except ModelError as err:
+        if model is not None:
+            raise
+        # no shipped model fits the plate: say which objectives they do cover
+        raise ModelError(f"{err}; the shipped models were trained for: {shipped_optics()}") from None
 
 
 def with_statuses(plan: RunPlan, statuses: np.ndarray | None,

@@ -41,6 +41,7 @@ from .io import (
     read_model_info,
     save_model,
     shipped_model_paths,
+    shipped_optics,
 )
 from .model import FORMAT_VERSION, ModelInfo, RefocusModel, denormalize, normalize, percentile_range
 from .network import UNetConfig, build_unet
@@ -54,6 +55,7 @@ __all__ = [
     "save_model",
     "default_model_path",
     "shipped_model_paths",
+    "shipped_optics",
     "normalize",
     "denormalize",
     "percentile_range",

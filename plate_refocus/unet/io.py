@@ -35,6 +35,7 @@ __all__ = [
     "read_model_info",
     "default_model_path",
     "shipped_model_paths",
+    "shipped_optics",
     "native_startup_lines_to_log",
 ]
 
@@ -70,6 +71,23 @@ def shipped_model_paths() -> list[Path]:
     default = folder / _DEFAULT_MODEL
     others = sorted(p for p in folder.glob("*.keras") if p != default)
     return ([default] if default.exists() else []) + others
+
+
+def shipped_optics() -> str:
+    """The objectives the shipped models were trained for, in one line (what a refused plate is told).
+
+    e.g. ``"NA 0.25, 0.52 um, 0.3 um pixels (default.keras); NA 0.45, 0.46 um, 0.325 um pixels (na045.keras)"``;
+    the immersion index is named only when it is not air.
+    """
+    described = []
+    for path in shipped_model_paths():
+        try:
+            o = read_model_info(path).optics
+        except ModelError:
+            continue
+        immersion = f", immersion {o.immersion_index:g}" if o.immersion_index != 1.0 else ""
+        described.append(f"NA {o.na:g}, {o.wavelength_um:g} um, {o.pixel_size_um:g} um pixels{immersion} ({path.name})")
+    return "; ".join(described) or "none"
 
 
 def default_model_path(optics: Optics | None = None) -> Path:
