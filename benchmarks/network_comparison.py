@@ -22,6 +22,7 @@ are only scored with the report optics (their own).
     python benchmarks/network_comparison.py --model shipped --model scratch/randomised8.keras
     python benchmarks/network_comparison.py --quick --model shipped     # ~2 min
     python benchmarks/network_comparison.py --optics second --model plate_refocus/models/na045.keras
+    python benchmarks/network_comparison.py --model shipped --refiner shipped   # + hybrid with the RL refiner
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from plate_refocus.optics import radial_frequencies  # noqa: E402
 from plate_refocus.pipeline import DEFAULT_METHOD, DepthSettings, process_depth  # noqa: E402
 from plate_refocus.simulate import Camera  # noqa: E402
 from plate_refocus.unet import load_model  # noqa: E402
+from plate_refocus.unet.refiner import load_refiner, shipped_refiner_path  # noqa: E402
 
 OPTICS = {"report": g.REPORT, "second": g.SECOND}
 RANGE = g.RANGE
@@ -57,8 +59,9 @@ CONDITIONS = (("2000 photons", Camera(), 0.0), ("300 photons", Camera(photons=30
               ("0.15 waves spherical", Camera(), 0.15))
 
 
-def score_well(models, planes, truth, depth, camera, optics):
-    """Per-field PSNR of every column at one depth (the oracle Wiener knows the depth, not an aberration)."""
+def score_well(models, planes, truth, depth, camera, optics, refiner=None):
+    """Per-field PSNR of every column at one depth (the oracle Wiener knows the depth, not an aberration);
+    with a `refiner`, also each hybrid with it (RL refined wherever RL restored at its depths)."""
     noise = NoiseModel.from_camera(camera)
     settings = DepthSettings(optics=optics, method=DEFAULT_METHOD, reference="blind", background=noise.offset,
                              data_range=RANGE, backend="numpy", read_noise=noise.read_noise)
@@ -74,6 +77,12 @@ def score_well(models, planes, truth, depth, camera, optics):
                                                             network_limit=model.info.consistency_limit),
                                refocus=lambda _, net=net: net)
         cols[f"{name} hybrid"] = hybrid.refocused
+        if refiner is not None:
+            refined = process_depth(list(planes), freq=freq, refiner=refiner,
+                                    settings=dataclasses.replace(settings, method="hybrid",
+                                                                 network_limit=model.info.consistency_limit),
+                                    refocus=lambda _, net=net: net)
+            cols[f"{name} hybrid + refiner"] = refined.refocused
     rows = []
     for f, (plane, t) in enumerate(zip(planes, truth, strict=True)):
         row = {"input": psnr(t, plane, data_range=RANGE)}
@@ -159,6 +168,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fields", type=int, default=3, help="fields per well (default 3)")
     parser.add_argument("--optics", choices=sorted(OPTICS), default="report",
                         help="the objective simulated and told to the run (default: the report's)")
+    parser.add_argument("--refiner", default=None,
+                        help="an RL refiner (.keras with its JSON), or 'shipped' for the one trained for the "
+                             "optics: adds each hybrid with it")
     parser.add_argument("--out", default="scratch/network_comparison.md")
     args = parser.parse_args(argv)
     models = {}
@@ -169,6 +181,9 @@ def main(argv=None) -> int:
     depths = [0.0, 5.0, 10.0, 30.0] if args.quick else [0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0]
     families = ["u2os", *HELD_OUT_FAMILIES]
     optics = OPTICS[args.optics]
+    refiner = None
+    if args.refiner:
+        refiner = load_refiner(shipped_refiner_path(optics) if args.refiner == "shipped" else args.refiner)
     start = time.time()
     rows = []
     for k, (cond, camera, spherical) in enumerate(CONDITIONS):
@@ -176,10 +191,11 @@ def main(argv=None) -> int:
             planes, truth = g.simulate(optics, family, depths, args.fields, size, seed=5000 + 100 * k + 7 * i,
                                        spherical=spherical, camera=camera)
             for j, depth in enumerate(depths):
-                for r in score_well(models, planes[:, j], truth, depth, camera, optics):
+                for r in score_well(models, planes[:, j], truth, depth, camera, optics, refiner):
                     rows.append({"condition": cond, "family": family, "depth": depth, **r})
             print(f"[{time.time() - start:5.0f} s] {cond} {family}", file=sys.stderr, flush=True)
-    networks = [c for name in models for c in (name, f"{name} hybrid")]
+    networks = [c for name in models
+                for c in (name, f"{name} hybrid", *([f"{name} hybrid + refiner"] if refiner else []))]
     sections = [f"Network comparison ({'quick' if args.quick else 'full'}): {args.optics} optics ({optics}), fields {size[0]} x "
                 f"{size[1]}, {args.fields} per well, nuclei stain; held-out families {', '.join(HELD_OUT_FAMILIES)}.",
                 bars_table(rows, networks),

@@ -36,7 +36,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -47,6 +49,7 @@ from plate_refocus.morphology import HELD_OUT_FAMILIES, STAINS
 from plate_refocus.optics import Optics
 from plate_refocus.simulate import Camera, simulate_field
 from plate_refocus.train.randomised import TRAINING_FAMILIES
+from plate_refocus.unet.refiner import RefinerInfo, build_refiner, save_refiner
 
 OPTICS = Optics()
 TRAIN_FAMILIES = TRAINING_FAMILIES
@@ -106,8 +109,10 @@ def write_report(lines: list[str], out: str) -> None:
         fh.write(text + "\n")
 
 
-def training_pair(rng: np.random.Generator, size: int, min_z: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """(2, Y, X) input (plane, RL) and (Y, X) target, normalised; one random field."""
+def training_pair(rng: np.random.Generator, size: int, min_z: float = 0.0,
+                  depth_channel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(2, Y, X) input (plane, RL; and the |z| RL used over 36 um with `depth_channel`) and (Y, X)
+    target, normalised; one random field."""
     family, stain, camera, z = draw_condition(rng, 36.0, min_z)
     out = simulate_field((size, size), [z], seed=int(rng.integers(2**31)), optics=OPTICS, camera=camera,
                          channels=(stain,), family=_family(family))
@@ -115,7 +120,8 @@ def training_pair(rng: np.random.Generator, size: int, min_z: float = 0.0) -> tu
     z_used = max(0.0, z + float(rng.normal(0.0, 0.5)))
     restored = richardson_lucy(plane, Blur.model(OPTICS, z_used), noise=NoiseModel.from_camera(camera)).image
     s = _scale(plane, camera.offset)
-    x = np.stack([(plane - camera.offset) / s, (restored - camera.offset) / s])
+    x = np.stack([(plane - camera.offset) / s, (restored - camera.offset) / s]
+                 + ([np.full(plane.shape, z_used / 36.0, np.float32)] if depth_channel else []))
     return x.astype(np.float32), ((truth - camera.offset) / s).astype(np.float32)
 
 
@@ -145,28 +151,6 @@ def training_group(rng: np.random.Generator, size: int) -> list[tuple[np.ndarray
                      + [np.full(plane.shape, v, np.float32) for v in extra])
         out.append((x.astype(np.float32), ((field.in_focus[0] - camera.offset) / s).astype(np.float32)))
     return out
-
-
-def build(filters: int, depth: int, channels: int = 2):
-    import keras
-    from keras import layers
-
-    inp = keras.Input((None, None, channels))
-    x, skips = inp, []
-    for level in range(depth):
-        x = layers.Conv2D(filters * 2**level, 3, padding="same", activation="relu")(x)
-        x = layers.Conv2D(filters * 2**level, 3, padding="same", activation="relu")(x)
-        skips.append(x)
-        x = layers.MaxPooling2D(2)(x)
-    x = layers.Conv2D(filters * 2**depth, 3, padding="same", activation="relu")(x)
-    for level in reversed(range(depth)):
-        x = layers.Conv2DTranspose(filters * 2**level, 2, strides=2, padding="same")(x)
-        x = layers.Concatenate()([x, skips[level]])
-        x = layers.Conv2D(filters * 2**level, 3, padding="same", activation="relu")(x)
-        x = layers.Conv2D(filters * 2**level, 3, padding="same", activation="relu")(x)
-    correction = layers.Conv2D(1, 1)(x)
-    rl = layers.Lambda(lambda t: t[..., 1:2])(inp)
-    return keras.Model(inp, layers.Add()([rl, correction]))
 
 
 def refine(model, plane: np.ndarray, restored: np.ndarray, offset: float, divisor: int,
@@ -209,8 +193,9 @@ def evaluate(model, args, divisor: int) -> list[str]:
         for i, (plane, truth) in enumerate(zip(planes, truths, strict=True)):
             rl_blind = richardson_lucy(plane, Blur.model(OPTICS, z_blind), noise=noise).image
             rl_true = richardson_lucy(plane, Blur.model(OPTICS, z), noise=noise).image
-            refined = refine(model, plane, rl_blind, camera.offset, divisor,
-                             depth_channels(estimate) if args.with_depth else None)
+            extra = depth_channels(estimate) if args.with_depth else (
+                [z_blind / 36.0] if args.depth_channel else None)
+            refined = refine(model, plane, rl_blind, camera.offset, divisor, extra)
             scores[i] = [psnr(truth, img, data_range=RANGE) for img in (plane, rl_blind, refined, rl_true)]
         m = scores.mean(axis=0)
         if 10 <= z <= 30:
@@ -242,6 +227,10 @@ def main() -> None:
                         help="weight each training field by 1 / RL's own MSE, so every field counts equally in dB")
     parser.add_argument("--eval-families", default=",".join(HELD_OUT),
                         help="comma-separated families to evaluate on (a training family shows what was learnt)")
+    parser.add_argument("--depth-channel", action="store_true",
+                        help="give the network the |z| RL restored at (a constant channel, over 36 um)")
+    parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads (default: every core)")
+    parser.add_argument("--save", default=None, help="save the trained correction network here (.keras)")
     parser.add_argument("--with-depth", action="store_true",
                         help="also give the network the blind |z| and its interval; RL at the blind depth")
     parser.add_argument("--out", default=None, help="markdown file (default scratch/refiner_experiment[_depth].md)")
@@ -257,18 +246,18 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads or os.cpu_count() or 1)
     keras.utils.set_random_seed(7)
     rng = np.random.default_rng(7)
     t0 = time.perf_counter()
     if args.with_depth:
         pairs = [pair for _ in range(math.ceil(args.pairs / 3)) for pair in training_group(rng, args.size)]
     else:
-        pairs = [training_pair(rng, args.size, args.min_z) for _ in range(args.pairs)]
+        pairs = [training_pair(rng, args.size, args.min_z, args.depth_channel) for _ in range(args.pairs)]
     x = np.stack([p[0] for p in pairs]).transpose(0, 2, 3, 1)
     y = np.stack([p[1] for p in pairs])[..., None]
     t_data = time.perf_counter() - t0
-    model = build(args.filters, args.depth, x.shape[-1])
+    model, correction = build_refiner(args.filters, args.depth, x.shape[-1])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     n_val = max(1, len(x) // 10)
     t0 = time.perf_counter()
@@ -286,7 +275,16 @@ def main() -> None:
     table = evaluate(model, args, divisor)
     t_eval = time.perf_counter() - t0
     plane = np.full((520, 696), 300.0, np.float32)
-    extra = [0.5, 0.4, 0.6] if args.with_depth else None
+    if args.save:
+        save_refiner(correction, RefinerInfo(
+            name=Path(args.save).stem, optics=OPTICS, min_depth_um=args.min_z, max_depth_um=36.0,
+            depth_channel=args.depth_channel, divisor=2**args.depth,
+            training={"script": "benchmarks/refiner_experiment.py", "argv": sys.argv[1:], "fields": args.pairs,
+                      "field_size": args.size, "epochs": args.epochs, "seconds": round(t_train),
+                      "families": list(TRAIN_FAMILIES), "photons": [300, 20000], "seed": 7,
+                      "loss": "relative to RL" if args.relative_loss else "mse"},
+            metrics={"validation_loss": float(history[-1][1]), "validation_loss_rl_alone": rl_only}), args.save)
+    extra = [0.5, 0.4, 0.6] if args.with_depth else ([0.5] if args.depth_channel else None)
     refine(model, plane, plane, 100.0, divisor, extra)
     t = math.inf
     for _ in range(3):
@@ -296,6 +294,7 @@ def main() -> None:
     lines = [f"refiner{' told the blind |z| (--with-depth)' if args.with_depth else ''}: U-Net depth {args.depth}, {args.filters} filters, {model.count_params()} parameters; "
              f"{args.pairs} training fields of {args.size} px, |z| {args.min_z:g}-36 um "
              f"({t_data:.0f} s to simulate and restore), {'loss relative to RL' if args.relative_loss else 'MSE'}, "
+             f"{'told the |z| RL used, ' if args.depth_channel else ''}"
              f"{args.epochs} epochs ({t_train:.0f} s); validation MSE {history[-1][1]:.5f} against "
              f"{rl_only:.5f} for RL alone (normalised units); {1 / t:.1f} images/s at 520 x 696 "
              f"({os.cpu_count()} cores); evaluation {t_eval:.0f} s", "", *table]

@@ -50,6 +50,7 @@ __all__ = [
     "METHOD_UNET",
     "METHOD_WIENER",
     "METHOD_RL",
+    "METHOD_RL_REFINED",
     "METHOD_NAMES",
     "Variable",
     "SCHEMA",
@@ -84,9 +85,10 @@ PLANE_NO_SIGNAL = 4  # no signal above the noise: refocused, left out of the PSF
 PLANE_NO_REFERENCE = 8  # the reference plane is missing or unusable: left out of the PSF
 PLANE_INCONSISTENT = 16  # the RL restoration did not explain the plane: left as it is
 #: ``method_used`` values: how each plane was refocused.
-METHOD_IDENTITY, METHOD_UNET, METHOD_WIENER, METHOD_RL = 0, 1, 2, 3
+METHOD_IDENTITY, METHOD_UNET, METHOD_WIENER, METHOD_RL, METHOD_RL_REFINED = 0, 1, 2, 3, 4
 METHOD_NAMES = {METHOD_IDENTITY: "left as it is (blur not identifiable, or its restoration inconsistent)",
-                METHOD_UNET: "unet", METHOD_WIENER: "wiener", METHOD_RL: "rl"}
+                METHOD_UNET: "unet", METHOD_WIENER: "wiener", METHOD_RL: "rl",
+                METHOD_RL_REFINED: "rl, refined by the network (hybrid at depth)"}
 PLANE_FLAG_NAMES = {
     PLANE_MISSING: "missing at ingest",
     PLANE_NONFINITE: "NaN or infinite pixels (masked)",
@@ -464,7 +466,8 @@ def results_info(path: str | os.PathLike) -> dict[str, Any]:
     -------
     dict
         ``path``, ``format``, ``source_plate``, ``channel``, ``method``, ``reference``,
-        ``model_name``, ``model_sha256``, ``created``, ``command_line``, ``wells``
+        ``model_name``, ``model_sha256``, ``refiner_name``, ``refiner_sha256`` (hybrid's RL refiner,
+        None or empty without one), ``created``, ``command_line``, ``wells``
         (count), ``done``/``failed``/``pending`` (well names), ``errors`` (well ->
         why), ``planes_flagged`` (flag -> count), ``complete`` (every well done).
     """
@@ -475,7 +478,7 @@ def results_info(path: str | os.PathLike) -> dict[str, Any]:
     flags = np.asarray(ds["plane_flags"].values) if "plane_flags" in ds else np.zeros(1, np.uint8)
     done = status == WELL_DONE
     keys = ("format", "source_plate", "channel", "method", "reference", "model_name",
-            "model_sha256", "created", "command_line")
+            "model_sha256", "refiner_name", "refiner_sha256", "created", "command_line")
     return {
         "path": str(path),
         **{key: ds.attrs.get(key) for key in keys},
@@ -500,6 +503,8 @@ def format_results_info(info: Mapping[str, Any]) -> str:
         f"method       {info['method']}, PSF reference {info['reference']}",
         f"model        {info['model_name']} ({str(info['model_sha256'])[:12]})" if info["model_name"]
         else "model        none (the method uses no network)",
+        *([f"refiner      {info['refiner_name']} ({str(info['refiner_sha256'])[:12]}), "
+           "refines Richardson-Lucy at depth"] if info.get("refiner_name") else []),
         f"created      {info['created']} by: {info['command_line']}",
         f"wells        {len(info['done'])} of {info['wells']} done"
         + (f"; FAILED: {wells(info['failed'])}" if info["failed"] else "")

@@ -337,9 +337,9 @@ def test_safe_mode_refuses_lambda_layer(tmp_path):
     path = tmp_path / "evil.keras"
     keras.Model(inputs, outputs).save(path)
     info = ModelInfo("evil", TINY, Optics(), (0.0,))
-    from plate_refocus.unet.io import _sha256
+    from plate_refocus.unet.io import sha256_of
 
-    path.with_suffix(".json").write_text(json.dumps({**info.to_dict(), "sha256": _sha256(path)}))
+    path.with_suffix(".json").write_text(json.dumps({**info.to_dict(), "sha256": sha256_of(path)}))
     with pytest.raises(ModelError, match="safe mode"):
         load_model(path)
 

@@ -107,6 +107,11 @@ def run_run(args: argparse.Namespace) -> int:
             print(f"model: {plan.model_info.get('name')} ({plan.job.model_path}), trained for "
                   f"{plan.model_info.get('optics')}" + (
                       f"; hybrid keeps its output at consistency <= {limit:g}" if limit is not None else ""))
+        if args.method == "hybrid":
+            r = plan.refiner_info
+            print(f"refiner: {r['name']} ({plan.job.refiner_path}), refines Richardson-Lucy at "
+                  f"|z| {r['min_depth_um']:g}-{r['max_depth_um']:g} um" if r else
+                  "refiner: none trained for these optics; hybrid keeps Richardson-Lucy's output as it is")
         script = job_script_for_args(args)
         if script:
             print("batch job script for each worker job:")

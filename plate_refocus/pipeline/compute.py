@@ -37,6 +37,7 @@ from ..optics import Optics
 from ..results import (
     METHOD_IDENTITY,
     METHOD_RL,
+    METHOD_RL_REFINED,
     METHOD_UNET,
     METHOD_WIENER,
     PLANE_INCONSISTENT,
@@ -240,8 +241,9 @@ def _reference(ps: _Planes, settings: DepthSettings, freq: np.ndarray, blind: An
 
 
 def _refocus(ps: _Planes, settings: DepthSettings, net: dict[int, np.ndarray], blur: Any,
-             noise: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(refocused, method_used, consistency)`` of every field by the settings' method."""
+             noise: Any, refiner: Any | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(refocused, method_used, consistency)`` of every field by the settings' method (and
+    `refiner` on Richardson-Lucy's kept outputs, where given)."""
     from ..deconvolve import CONSISTENCY_LIMIT, Blur, consistency
 
     n = ps.flags.size
@@ -266,6 +268,11 @@ def _refocus(ps: _Planes, settings: DepthSettings, net: dict[int, np.ndarray], b
             if code == METHOD_RL and trust[f] > RL_CONSISTENCY_LIMIT:
                 out, code = ps.raw[f], METHOD_IDENTITY  # the blur model does not explain the plane
                 ps.flags[f] |= PLANE_INCONSISTENT
+            elif code == METHOD_RL and refiner is not None:
+                refined = refiner.refine(ps.raw[f], out, noise.offset, blur.defocus_um)
+                refined_trust = consistency(ps.raw[f], refined, check, noise=noise)
+                if refined_trust <= RL_CONSISTENCY_LIMIT:  # held to RL's own bar
+                    out, code, trust[f] = refined, METHOD_RL_REFINED, refined_trust
         refocused[f], method_used[f] = out, code
     return refocused, method_used, trust
 
@@ -278,6 +285,7 @@ def process_depth(
     refocus: Callable[[np.ndarray], np.ndarray] | None = None,
     references: Sequence[np.ndarray | None] | None = None,
     truths: Sequence[np.ndarray | None] | None = None,
+    refiner: Any | None = None,
 ) -> DepthResult:
     """Refocus one well's fields at one depth and estimate the well's defocus there.
 
@@ -296,6 +304,11 @@ def process_depth(
         With ``settings.reference == "focal-plane"``: each field's in-focus plane.
     truths : sequence of (Y, X) ndarray or None, optional
         Ground-truth in-focus images, for PSNR/SSIM.
+    refiner : Refiner, optional
+        With ``"hybrid"``: the network that corrects Richardson-Lucy's output
+        (:class:`plate_refocus.unet.refiner.Refiner`: ``applies(optics, |z|)`` and
+        ``refine(plane, restored, offset, |z|)``), used at the depths and optics it
+        was trained for wherever RL's restoration was kept.
 
     Returns
     -------
@@ -310,7 +323,9 @@ def process_depth(
     if (settings.method in ("unet", "hybrid") or settings.reference == "refocused") and ps.present:
         net = dict(zip(ps.present, refocus(np.stack([planes[f] for f in ps.present])), strict=True))
     profile, psf, z, z_err, blur = _reference(ps, settings, freq, blind, net, references)
-    refocused, method_used, trust = _refocus(ps, settings, net, blur, noise)
+    use_refiner = (refiner is not None and settings.method == "hybrid" and blur is not None
+                   and refiner.applies(settings.optics, blur.defocus_um))
+    refocused, method_used, trust = _refocus(ps, settings, net, blur, noise, refiner if use_refiner else None)
     quality = np.full((len(planes), 2, 3), np.nan)
     for f in ps.present:
         truth = truths[f] if truths is not None else None

@@ -70,6 +70,7 @@ class RunPlan:
     gpu: bool
     attrs: dict[str, Any]
     model_info: dict[str, Any]
+    refiner_info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def layout(self) -> PlateLayout:
@@ -83,6 +84,17 @@ def _check_model(model_path: str, optics: Optics) -> dict[str, Any]:
     model = load_model(model_path)  # refuses models whose input/output do not fit
     model.check_optics(optics, refuse_beyond=OPTICS_TOLERANCE)  # and models of other optics
     return model.info.to_dict()
+
+
+def _refiner_for(method: str, optics: Optics) -> tuple[str, dict[str, Any]]:
+    """``hybrid``'s RL refiner for the plate's optics, loaded here so a broken file fails before any
+    worker starts: its path and metadata, or ``("", {})`` for other methods and optics none was trained for."""
+    from ..unet.refiner import load_refiner, shipped_refiner_path
+
+    path = shipped_refiner_path(optics) if method == "hybrid" else None
+    if path is None:
+        return "", {}
+    return str(path), load_refiner(path).info.to_dict()
 
 
 def _check_size(layout: PlateLayout) -> None:
@@ -168,13 +180,17 @@ def plan_run(
         data_range=layout.data_range, backend=backend,
         read_noise=float(camera["read_noise"]) if {"offset", "read_noise"} <= set(camera) else None,
         network_limit=info.get("consistency_limit"))
+    refiner_path, refiner_info = _refiner_for(method, layout.optics)
     job = RunJob(layout=layout, channel=ci, writer=ResultsWriter(str(out), ""),
                  model_path=model_path, model_sha256=str(info.get("sha256", "")),
                  settings=settings, reference=reference,
-                 freq=tuple(radial_frequencies(layout.shape, layout.optics.pixel_size_um).tolist()))
+                 freq=tuple(radial_frequencies(layout.shape, layout.optics.pixel_size_um).tolist()),
+                 refiner_path=refiner_path, refiner_sha256=str(refiner_info.get("sha256", "")))
     run_settings = settings_for_resume(
         source_plate=str(Path(layout.path).resolve()), channel=layout.channels[ci],
         method=method, reference=reference, model_sha256=job.model_sha256,
+        # only where there is one, so runs without a refiner resume across this change
+        **({"refiner_sha256": job.refiner_sha256} if job.refiner_sha256 else {}),
         optics=layout.optics.to_dict(), focal_plane=layout.focal_plane, wells=list(layout.wells),
         fields=layout.n_fields, z_um=list(layout.z_um), shape=list(layout.shape), dtype=dtype)
     statuses = check_resume(out, run_settings) if resume else None
@@ -182,10 +198,11 @@ def plan_run(
     # never completed; never a store another run creates meanwhile.
     replace = overwrite or (resume and statuses is None and out.exists())
     attrs = _run_attrs(job, info, command_line, run_settings, gpu)
-    attrs.update(refocused_plate=REFOCUSED_PLATE, refocused_dtype=dtype)
+    attrs.update(refocused_plate=REFOCUSED_PLATE, refocused_dtype=dtype, refiner_path=refiner_path,
+                 refiner_name=str(refiner_info.get("name", "")), refiner_sha256=job.refiner_sha256)
     return with_statuses(RunPlan(
         out=out, job=job, wells=(), skipped=(), statuses=None, replace=replace, resume=resume,
-        gpu=gpu, attrs=attrs, model_info=info,
+        gpu=gpu, attrs=attrs, model_info=info, refiner_info=refiner_info,
     ), statuses, wells)
 
 

@@ -30,17 +30,19 @@ _MODEL_LOCK = threading.Lock()
 _MODELS: dict[tuple[str, str], Any] = {}
 
 
-def _worker_model(model_path: str, sha256: str) -> Any:
-    """The U-Net at ``model_path`` with this hash, loaded once per worker process and kept
-    (a model retrained at the same path has another hash, so it is loaded afresh)."""
+def _worker_model(model_path: str, sha256: str, kind: str = "refocus") -> Any:
+    """The U-Net (or, ``kind="refiner"``, the RL refiner) at ``model_path`` with this hash, loaded
+    once per worker process and kept (a model retrained at the same path has another hash, so it
+    is loaded afresh)."""
     key = (model_path, sha256)
     with _MODEL_LOCK:
         model = _MODELS.get(key)
         if model is None:
             _limit_framework_threads()
             from ..unet import load_model
+            from ..unet.refiner import load_refiner
 
-            model = load_model(model_path)
+            model = (load_refiner if kind == "refiner" else load_model)(model_path)
             _MODELS[key] = model
         return model
 
@@ -81,6 +83,8 @@ class RunJob:
     settings: DepthSettings
     freq: tuple[float, ...]
     reference: str = "auto"
+    refiner_path: str = ""  # hybrid's RL refiner, where one was trained for the optics
+    refiner_sha256: str = ""
 
     @property
     def needs_survey(self) -> bool:
@@ -174,6 +178,7 @@ def _depth_task(job: RunJob, well: int, z: int, focus: dict[str, Any] | None) ->
         refocus=lambda stack: refocus_planes(stack, job.model_path, job.model_sha256),
         settings=dataclasses.replace(job.settings, reference=reference),
         freq=np.asarray(job.freq),
+        refiner=_worker_model(job.refiner_path, job.refiner_sha256, "refiner") if job.refiner_path else None,
     )
     for f in range(layout.n_fields):
         job.writer.write_refocused(well, f, z, result.refocused[f])

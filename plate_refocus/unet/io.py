@@ -45,7 +45,7 @@ log = logging.getLogger(__package__)
 _DEFAULT_MODEL = "default.keras"
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -101,10 +101,16 @@ def default_model_path(optics: Optics | None = None) -> Path:
     default = _models_folder() / _DEFAULT_MODEL
     if optics is None:
         return default
-    best, best_distance = default, math.inf
-    for path in shipped_model_paths():
+    return closest_for(optics, shipped_model_paths(), lambda p: read_model_info(p).optics) or default
+
+
+def closest_for(optics: Optics, paths: list[Path], trained_for: Any) -> Path | None:
+    """Of `paths`, the one whose ``trained_for(path)`` optics are closest to `optics` within
+    :data:`~plate_refocus.unet.model.OPTICS_TOLERANCE` (largest relative difference), else None."""
+    best, best_distance = None, math.inf
+    for path in paths:
         try:
-            trained = read_model_info(path).optics
+            trained = trained_for(path)
         except ModelError:
             continue  # a broken shipped file is reported when it is loaded, not chosen here
         if trained.differs_from(optics, rtol=OPTICS_TOLERANCE):
@@ -151,7 +157,7 @@ def save_model(model: RefocusModel, path: str | os.PathLike) -> Path:
     keras_model.save(path)
     info = dataclasses.replace(
         model.info,
-        sha256=_sha256(path),
+        sha256=sha256_of(path),
         package_version=__version__,
         keras_version=keras.__version__,
     )
@@ -219,11 +225,18 @@ def load_model(path: str | os.PathLike | None = None) -> RefocusModel:
             "format); retrain it or copy it again"
         )
     info = read_model_info(path)
-    digest = _sha256(path)
-    if info.sha256 and info.sha256 != digest:
+    keras_model = load_archive(path, info.sha256)
+    _check_io(keras_model, path)
+    return RefocusModel(keras_model, info)
+
+
+def load_archive(path: Path, sha256: str) -> Any:
+    """The Keras model in ``path``, after checking it against the hash its JSON records, in safe mode."""
+    digest = sha256_of(path)
+    if sha256 and sha256 != digest:
         raise ModelError(
             f"model file {str(path)!r} has SHA-256 {digest[:12]}... but its metadata says "
-            f"{info.sha256[:12]}...; the weights and the JSON do not belong together"
+            f"{sha256[:12]}...; the weights and the JSON do not belong together"
         )
     with native_startup_lines_to_log():
         import keras
@@ -235,8 +248,7 @@ def load_model(path: str | os.PathLike | None = None) -> RefocusModel:
                 f"cannot load model file {str(path)!r} in Keras safe mode: {error}. Files with "
                 "Lambda layers or custom code are refused; use a model written by `plate-refocus train`"
             ) from error
-    _check_io(keras_model, path)
-    return RefocusModel(keras_model, info)
+    return keras_model
 
 
 def _check_io(keras_model: Any, path: Path) -> None:
