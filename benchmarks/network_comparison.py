@@ -202,7 +202,7 @@ def main(argv=None) -> int:
                 per_depth_table(rows, ["default", "wiener", *networks, "oracle"], "Per family and depth"),
                 speed_table(models)]
     for name, model in models.items() if args.optics == "report" else ():
-        sections.append(f"##### {name}\n\n" + g.bbbc006(model, g.BBBC006))
+        sections.append(f"##### {name}\n\n" + g.bbbc006(model, g.BBBC006, refiner))
     sections.append(f"(total {time.time() - start:.0f} s)")
     g.publish("\n\n".join(sections), args.out)
     return 0

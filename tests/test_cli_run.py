@@ -65,6 +65,7 @@ def test_run_refuses_a_model_trained_for_other_optics_before_any_work(tiny_plate
 
 def test_run_without_a_model_takes_the_shipped_one_for_the_plates_objective(tiny_plate, tmp_path):
     from plate_refocus.unet import read_model_info, shipped_model_paths
+    from plate_refocus.unet.refiner import read_refiner_info, shipped_refiner_path
 
     shipped = {p: read_model_info(p) for p in shipped_model_paths()}
     if len(shipped) < 2:
@@ -78,6 +79,9 @@ def test_run_without_a_model_takes_the_shipped_one_for_the_plates_objective(tiny
         assert f"model: {info.name} ({path})" in done.stdout
         if info.consistency_limit is not None:  # the limit measured for the model reaches the run
             assert f"hybrid keeps its output at consistency <= {info.consistency_limit:g}" in done.stdout
+        refiner = shipped_refiner_path(o)  # and the RL refiner for the optics, or that there is none
+        assert (f"refiner: {read_refiner_info(refiner).name} ({refiner})" if refiner
+                else "refiner: none trained for these optics") in done.stdout
     # an objective no shipped model was trained for: refused before any work, saying what to do
     done = cli("run", str(tiny_plate), str(out), "--method", "unet", "--na", "0.8", "--workers", "1")
     assert done.returncode == 2 and "trained for optics" in done.stderr and "--method rl" in done.stderr

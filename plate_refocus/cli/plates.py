@@ -246,7 +246,24 @@ def installation_info() -> dict:
     others = [_model_summary(p) for p in shipped_model_paths() if p != default]
     return {"plate_refocus": __version__, "python": platform.python_version(),
             "packages": versions, "gpu": gpu_available(), "default_model": _model_summary(default),
-            "other_models": others}
+            "other_models": others, "refiners": _refiner_summaries()}
+
+
+def _refiner_summaries() -> list[dict]:
+    """What `info` says about each shipped RL refiner (its JSON alone; no Keras)."""
+    from ..errors import ModelError
+    from ..unet.refiner import read_refiner_info, shipped_refiner_folder
+
+    out = []
+    for path in sorted(shipped_refiner_folder().glob("*.keras")):
+        try:
+            info = read_refiner_info(path)
+        except ModelError as error:
+            out.append({"path": str(path), "error": str(error)})
+            continue
+        out.append({"path": str(path), "name": info.name, "sha256": info.sha256, "optics": info.optics.to_dict(),
+                    "depths_um": [info.min_depth_um, info.max_depth_um], "training": info.training})
+    return out
 
 
 def _print_model(label: str, model: dict) -> None:
@@ -277,8 +294,13 @@ def run_info(args: argparse.Namespace) -> int:
         _print_model("default model", info["default_model"])
         for model in info["other_models"]:
             _print_model("model for other optics", model)
+        for refiner in info["refiners"]:
+            print(f"  refiner of Richardson-Lucy (hybrid): {refiner['name']} ({refiner['sha256'][:12]}), trained "
+                  f"for {refiner['optics']} at |z| {refiner['depths_um'][0]:g}-{refiner['depths_um'][1]:g} um"
+                  if "name" in refiner else f"  refiner {refiner['path']}: {refiner['error']}")
         print("  --method unet and hybrid use the shipped model trained for the plate's optics, unless "
-              "--model names one (the default method, rl, uses no network)")
+              "--model names one (the default method, rl, uses no network); hybrid refines "
+              "Richardson-Lucy with the refiner trained for those optics, where there is one")
         return 0
     from ..outputs import is_ours
 

@@ -14,8 +14,10 @@ store keeps for that depth:
    before, the network's output;
 4. the **refocus** by the chosen method: the network, or Wiener or
    Richardson-Lucy against the model OTF at that ``|z|``, or (``hybrid``)
-   Richardson-Lucy wherever the blur is known and, where it is not (near
-   focus), the network where its output is consistent with the plane; a
+   Richardson-Lucy wherever the blur is known (refined by the RL refiner
+   network at the depths and optics it was trained for, where one is given
+   and its output stays consistent) and, where it is not (near focus), the
+   network where its output is consistent with the plane; a
    plane whose blur is not identifiable and has no reference is otherwise
    left as it is, never sharpened at a guessed depth;
 5. the **consistency** of every output with its plane (re-blurred under the

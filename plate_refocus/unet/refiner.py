@@ -35,7 +35,7 @@ from .io import closest_for, load_archive, sha256_of
 from .model import OPTICS_TOLERANCE
 
 __all__ = ["RefinerInfo", "Refiner", "build_refiner", "save_refiner", "load_refiner", "read_refiner_info",
-           "shipped_refiner_path"]
+           "shipped_refiner_folder", "shipped_refiner_path"]
 
 REFINER_FORMAT = 1
 
@@ -208,11 +208,12 @@ def load_refiner(path: str | os.PathLike) -> Refiner:
     return Refiner(keras_model, info)
 
 
-def _refiners_folder() -> Path:
+def shipped_refiner_folder() -> Path:
+    """``plate_refocus/models/refiners``: the refiners this installation ships."""
     return Path(str(resources.files("plate_refocus") / "models" / "refiners"))
 
 
 def shipped_refiner_path(optics: Optics) -> Path | None:
     """The shipped refiner trained for the closest optics within ``OPTICS_TOLERANCE``, or None."""
-    paths = sorted(_refiners_folder().glob("*.keras"))
+    paths = sorted(shipped_refiner_folder().glob("*.keras"))
     return closest_for(optics, paths, lambda p: read_refiner_info(p).optics)
