@@ -191,11 +191,24 @@ def pipeline_default(planes, focal_planes, optics, args, net=None, network_limit
         runs["default_ref"] = process_depth(
             list(planes[:n]), settings=dataclasses.replace(settings, reference="focal-plane"),
             freq=freq, references=list(focal_planes[:n]))
-    if net is not None:
+    if net is not None:  # as `run --method hybrid` does it: with the RL refiner shipped for the optics, if any
         hybrid = dataclasses.replace(settings, method="hybrid", network_limit=network_limit)
-        runs["hybrid"] = process_depth(list(planes[:n]), settings=hybrid,
+        runs["hybrid"] = process_depth(list(planes[:n]), settings=hybrid, refiner=_shipped_refiner(optics),
                                        freq=freq, refocus=lambda _: np.asarray(net[:n], dtype=np.float32))
     return runs
+
+
+_REFINERS = {}
+
+
+def _shipped_refiner(optics):
+    """The RL refiner `run --method hybrid` uses for these optics (loaded once), or None."""
+    from plate_refocus.unet.refiner import load_refiner, shipped_refiner_path
+
+    if optics not in _REFINERS:
+        path = shipped_refiner_path(optics)
+        _REFINERS[optics] = load_refiner(path) if path is not None else None
+    return _REFINERS[optics]
 
 
 def default_bars(rows, title):
