@@ -49,6 +49,7 @@ from plate_refocus.metrics import WIENER_BALANCES, psnr, wiener_refocus  # noqa:
 from plate_refocus.morphology import HELD_OUT_FAMILIES  # noqa: E402
 from plate_refocus.optics import radial_frequencies  # noqa: E402
 from plate_refocus.pipeline import DEFAULT_METHOD, DepthSettings, process_depth  # noqa: E402
+from plate_refocus.results import METHOD_RL, METHOD_RL_REFINED  # noqa: E402
 from plate_refocus.simulate import Camera  # noqa: E402
 from plate_refocus.unet import load_model  # noqa: E402
 from plate_refocus.unet.refiner import load_refiner, shipped_refiner_path  # noqa: E402
@@ -83,9 +84,15 @@ def score_well(models, planes, truth, depth, camera, optics, refiner=None):
                                                                  network_limit=model.info.consistency_limit),
                                     refocus=lambda _, net=net: net)
             cols[f"{name} hybrid + refiner"] = refined.refocused
+            kept = refined.method_used == METHOD_RL_REFINED
+            restored = kept | (refined.method_used == METHOD_RL)
+            refined_consistency = np.where(kept, refined.consistency, np.nan)
     rows = []
     for f, (plane, t) in enumerate(zip(planes, truth, strict=True)):
         row = {"input": psnr(t, plane, data_range=RANGE)}
+        if refiner is not None:  # whether hybrid kept the refined output of this field (where RL restored it)
+            row.update(refiner_kept=bool(kept[f]), rl_restored=bool(restored[f]),
+                       refined_consistency=float(refined_consistency[f]))
         row.update({k: psnr(t, v[f], data_range=RANGE) for k, v in cols.items()})
         oracle = wiener_refocus(plane, depth, optics, balance=WIENER_BALANCES, offset=noise.offset)
         row["oracle"] = max(psnr(t, r, data_range=RANGE) for r in oracle)
@@ -140,6 +147,19 @@ def bars_table(rows, networks):
                 continue
             lines.append(f"| {cond} | {col} | {min(deep):+.2f} / {np.mean(deep):+.2f} | "
                          f"{min(deep_wiener):+.2f} / {np.mean(deep_wiener):+.2f} | {min(deep_oracle):+.2f} / {np.mean(deep_oracle):+.2f} | {min(near):+.2f} | {ok}/{total} |")
+    return "\n".join(lines)
+
+
+def refiner_table(rows):
+    """How often hybrid kept the refined output where RL restored (held-out families, 10-30 um)."""
+    lines = ["#### The RL refiner in hybrid (held-out families, 10-30 um, per field where RL restored)", "",
+             "| condition | refined output kept | its consistency (median / max) |", "| --- | ---: | --- |"]
+    for cond, _, _ in CONDITIONS:
+        sel = [r for r in rows if r["condition"] == cond and r["family"] in HELD_OUT_FAMILIES
+               and 10 <= r["depth"] <= 30 and r.get("rl_restored")]
+        kept = [r["refined_consistency"] for r in sel if r["refiner_kept"]]
+        spread = f"{np.median(kept):.2f} / {max(kept):.2f}" if kept else "-"
+        lines.append(f"| {cond} | {len(kept)} of {len(sel)} | {spread} |")
     return "\n".join(lines)
 
 
@@ -199,6 +219,7 @@ def main(argv=None) -> int:
     sections = [f"Network comparison ({'quick' if args.quick else 'full'}): {args.optics} optics ({optics}), fields {size[0]} x "
                 f"{size[1]}, {args.fields} per well, nuclei stain; held-out families {', '.join(HELD_OUT_FAMILIES)}.",
                 bars_table(rows, networks),
+                *([refiner_table(rows)] if refiner is not None else []),
                 per_depth_table(rows, ["default", "wiener", *networks, "oracle"], "Per family and depth"),
                 speed_table(models)]
     for name, model in models.items() if args.optics == "report" else ():

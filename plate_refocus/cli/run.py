@@ -23,8 +23,9 @@ def add_run(subparsers) -> None:
     p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
                    help="how planes are refocused: rl (Richardson-Lucy against the well's OTF, "
                    "the default: best on held-out cells, see the README), wiener, unet (the "
-                   "network), hybrid (rl wherever the well's blur is known; near focus, where it "
-                   "is not, the network where its output is consistent with the plane)")
+                   "network), hybrid (rl wherever the well's blur is known, refined there by the RL "
+                   "refiner network shipped for the plate's optics, if any; near focus, where the "
+                   "blur is not known, the network where its output is consistent with the plane)")
     p.add_argument("--model", help="a .keras model from 'plate-refocus train' for the methods "
                    "that use the network (default: the shipped model)")
     p.add_argument("--channel", help="channel name or index to refocus (default: the first)")
