@@ -55,7 +55,8 @@ __all__ = ["METHODS", "RL_CONSISTENCY_LIMIT", "DepthSettings", "DepthResult", "p
 #: Refocusing methods: the network, Wiener, Richardson-Lucy, or Richardson-Lucy where the well's blur
 #: is known and the network (where consistent with the plane) where it is not: at 10-30 um RL gains
 #: up to 14 dB more than any network tried; near focus, where the blind |z| is not identifiable,
-#: the domain-randomised network gains 1.9-8.3 dB on held-out families (benchmarks/network_comparison.py).
+#: the domain-randomised network gains 1.9-8.3 dB on held-out families (benchmarks/network_comparison.py);
+#: at depth hybrid also refines RL's output with the RL refiner where one is given (unet.refiner).
 METHODS = ("unet", "wiener", "rl", "hybrid")
 
 #: Consistency above which a Richardson-Lucy output is not kept (the plane is left as it is).
