@@ -229,12 +229,17 @@ def main() -> None:
                         help="comma-separated families to evaluate on (a training family shows what was learnt)")
     parser.add_argument("--depth-channel", action="store_true",
                         help="give the network the |z| RL restored at (a constant channel, over 36 um)")
+    parser.add_argument("--optics", choices=["report", "second"], default="report",
+                        help="the objective trained and scored: the report's (NA 0.25) or generalization.py's "
+                             "second (NA 0.45, 0.46 um, 0.325 um pixels)")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads (default: every core)")
     parser.add_argument("--save", default=None, help="save the trained correction network here (.keras)")
     parser.add_argument("--with-depth", action="store_true",
                         help="also give the network the blind |z| and its interval; RL at the blind depth")
     parser.add_argument("--out", default=None, help="markdown file (default scratch/refiner_experiment[_depth].md)")
     args = parser.parse_args()
+    global OPTICS  # every simulation, restoration and the saved refiner's JSON use it
+    OPTICS = Optics() if args.optics == "report" else Optics(na=0.45, wavelength_um=0.46, pixel_size_um=0.325)
     args.out = args.out or f"scratch/refiner_experiment{'_depth' if args.with_depth else ''}.md"
     args.eval_families = args.eval_families.split(",")
     args.depths = [0.0, 5.0, 10.0, 20.0, 30.0]
