@@ -37,6 +37,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as in a Dask worker; befor
 
 import argparse
 import dataclasses
+import functools
 import glob
 import json
 import math
@@ -198,17 +199,13 @@ def pipeline_default(planes, focal_planes, optics, args, net=None, network_limit
     return runs
 
 
-_REFINERS = {}
-
-
+@functools.cache
 def _shipped_refiner(optics):
     """The RL refiner `run --method hybrid` uses for these optics (loaded once), or None."""
     from plate_refocus.unet.refiner import load_refiner, shipped_refiner_path
 
-    if optics not in _REFINERS:
-        path = shipped_refiner_path(optics)
-        _REFINERS[optics] = load_refiner(path) if path is not None else None
-    return _REFINERS[optics]
+    path = shipped_refiner_path(optics)
+    return load_refiner(path) if path is not None else None
 
 
 def default_bars(rows, title):

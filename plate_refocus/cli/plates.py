@@ -252,10 +252,10 @@ def installation_info() -> dict:
 def _refiner_summaries() -> list[dict]:
     """What `info` says about each shipped RL refiner (its JSON alone; no Keras)."""
     from ..errors import ModelError
-    from ..unet.refiner import read_refiner_info, shipped_refiner_folder
+    from ..unet.refiner import read_refiner_info, shipped_refiner_paths
 
     out = []
-    for path in sorted(shipped_refiner_folder().glob("*.keras")):
+    for path in shipped_refiner_paths():
         try:
             info = read_refiner_info(path)
         except ModelError as error:

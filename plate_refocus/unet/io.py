@@ -169,17 +169,31 @@ def save_model(model: RefocusModel, path: str | os.PathLike) -> Path:
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """The validated metadata of a model file, without loading the weights (or Keras)."""
     path = Path(path)
+    data = metadata_beside(path, "model", "plate_refocus.unet.save_model and `plate-refocus train`")
+    return ModelInfo.from_dict(data, source=f"model metadata {str(_metadata_path(path))!r}")
+
+
+def metadata_beside(path: Path, what: str, written_by: str) -> Any:
+    """The parsed JSON beside a ``.keras`` file (``what``: "model" or "refiner", for the messages)."""
     meta = _metadata_path(path)
     if not meta.exists():
         raise ModelError(
-            f"model {str(path)!r} has no metadata file {str(meta)!r}; a model file needs its JSON "
-            "beside it (written by plate_refocus.unet.save_model and `plate-refocus train`)"
+            f"{what} {str(path)!r} has no metadata file {str(meta)!r}; a {what} file needs its JSON "
+            f"beside it (written by {written_by})"
         )
     try:
-        data = json.loads(meta.read_text())
+        return json.loads(meta.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelError(f"model metadata {str(meta)!r} is not valid JSON ({error}); re-save the model") from None
-    return ModelInfo.from_dict(data, source=f"model metadata {str(meta)!r}")
+        raise ModelError(f"{what} metadata {str(meta)!r} is not valid JSON ({error}); re-save the {what}") from None
+
+
+def check_archive(path: Path, what: str = "model") -> None:
+    """Refuse a file that is not a Keras 3 ``.keras`` archive, before its JSON or Keras is read."""
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise ModelError(
+            f"{what} file {str(path)!r} is not a Keras 3 '.keras' archive (corrupt or another "
+            "format); retrain it or copy it again"
+        )
 
 
 def load_model(path: str | os.PathLike | None = None) -> RefocusModel:
@@ -219,11 +233,7 @@ def load_model(path: str | os.PathLike | None = None) -> RefocusModel:
             f"model file {str(path)!r} does not exist; pass the path of a .keras file written by "
             "`plate-refocus train`, or leave it out to use the shipped default model"
         )
-    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
-        raise ModelError(
-            f"model file {str(path)!r} is not a Keras 3 '.keras' archive (corrupt or another "
-            "format); retrain it or copy it again"
-        )
+    check_archive(path)
     info = read_model_info(path)
     keras_model = load_archive(path, info.sha256)
     _check_io(keras_model, path)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -31,11 +30,11 @@ import numpy as np
 
 from ..errors import ModelError, ModelNotFoundError
 from ..optics import Optics
-from .io import closest_for, load_archive, sha256_of
+from .io import check_archive, closest_for, load_archive, metadata_beside, sha256_of
 from .model import OPTICS_TOLERANCE
 
 __all__ = ["RefinerInfo", "Refiner", "build_refiner", "save_refiner", "load_refiner", "read_refiner_info",
-           "shipped_refiner_folder", "shipped_refiner_path"]
+           "shipped_refiner_paths", "shipped_refiner_path"]
 
 REFINER_FORMAT = 1
 
@@ -182,14 +181,9 @@ def save_refiner(correction: Any, info: RefinerInfo, path: str | os.PathLike) ->
 
 def read_refiner_info(path: str | os.PathLike) -> RefinerInfo:
     """The validated metadata of a refiner file (no Keras)."""
-    meta = Path(path).with_suffix(".json")
-    if not meta.exists():
-        raise ModelError(f"refiner {str(path)!r} has no metadata file {str(meta)!r} beside it")
-    try:
-        data = json.loads(meta.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelError(f"refiner metadata {str(meta)!r} is not valid JSON ({error})") from None
-    return RefinerInfo.from_dict(data, source=f"refiner metadata {str(meta)!r}")
+    path = Path(path)
+    data = metadata_beside(path, "refiner", "benchmarks/refiner_experiment.py --save")
+    return RefinerInfo.from_dict(data, source=f"refiner metadata {str(path.with_suffix('.json'))!r}")
 
 
 def load_refiner(path: str | os.PathLike) -> Refiner:
@@ -197,8 +191,7 @@ def load_refiner(path: str | os.PathLike) -> Refiner:
     path = Path(path)
     if not path.exists():
         raise ModelNotFoundError(f"refiner file {str(path)!r} does not exist")
-    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
-        raise ModelError(f"refiner file {str(path)!r} is not a Keras 3 '.keras' archive")
+    check_archive(path, "refiner")
     info = read_refiner_info(path)
     keras_model = load_archive(path, info.sha256)
     shape_in, shape_out = tuple(keras_model.inputs[0].shape), tuple(keras_model.outputs[0].shape)
@@ -213,7 +206,11 @@ def shipped_refiner_folder() -> Path:
     return Path(str(resources.files("plate_refocus") / "models" / "refiners"))
 
 
+def shipped_refiner_paths() -> list[Path]:
+    """Every refiner shipped with the package (``plate_refocus/models/refiners/*.keras``), sorted."""
+    return sorted(shipped_refiner_folder().glob("*.keras"))
+
+
 def shipped_refiner_path(optics: Optics) -> Path | None:
     """The shipped refiner trained for the closest optics within ``OPTICS_TOLERANCE``, or None."""
-    paths = sorted(shipped_refiner_folder().glob("*.keras"))
-    return closest_for(optics, paths, lambda p: read_refiner_info(p).optics)
+    return closest_for(optics, shipped_refiner_paths(), lambda p: read_refiner_info(p).optics)
