@@ -100,10 +100,10 @@ def is_ours(path: str | os.PathLike, kind: OutputKind, *, writer: str | None = N
             data = json.loads(meta.read_text())
         except (OSError, ValueError):
             return False
-        # The keys plate_refocus.unet.ModelInfo.to_dict always writes.
-        return isinstance(data, dict) and all(
+        # The keys plate_refocus.unet.ModelInfo.to_dict always writes, or an RL refiner's format.
+        return isinstance(data, dict) and (data.get("format") == "plate-refocus rl-refiner" or all(
             key in data for key in ("format_version", "name", "config", "optics", "depths_um")
-        )
+        ))
     if not path.is_dir() or path.is_symlink():
         return False
     if kind == "report":

@@ -119,3 +119,103 @@ def test_the_shipped_refiner_is_chosen_by_optics():
     assert not info.optics.differs_from(OPTICS, rtol=0.05)
     assert info.min_depth_um >= 5.0 and info.training.get("script")  # trained away from focus, reproducibly
     assert shipped_refiner_path(dataclasses.replace(OPTICS, na=0.8)) is None
+
+
+# --- fine-tuning on a plate (plate-refocus train-refiner) -------------------------------------------
+
+
+def tree_digest(root) -> dict[str, bytes]:
+    """Every file under `root` and its bytes: to show a plate was not written to."""
+    from pathlib import Path
+
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def stack_plate(tmp_path_factory, client):
+    """Three wells of two 96 x 96 nuclei fields, planes at 0 (in focus, recorded), 20 and 25 um."""
+    from plate_refocus.simulate import simulate_plate
+
+    out = tmp_path_factory.mktemp("stack") / "stack.zarr"
+    return simulate_plate(out, rows=1, columns=3, fields=2, depths_um=(0.0, 20.0, 25.0), size=(96, 96),
+                          channels=("nuclei",), seed=4, client=client)
+
+
+def test_refiner_examples_are_what_hybrid_hands_the_refiner(stack_plate):
+    from plate_refocus.plate import open_plate
+    from plate_refocus.train.refiner import refiner_examples
+
+    examples = refiner_examples(stack_plate, INFO, patch=96, patches_per_plane=1)
+    # every (well, depth, field) that run's Richardson-Lucy restored and kept, in order, with RL's output
+    images = open_plate(stack_plate)
+    freq = radial_frequencies(SHAPE, OPTICS.pixel_size_um)
+    n = 0
+    for w, well in enumerate(["A01", "A02", "A03"]):
+        focal = np.asarray(images.isel(well=w, c=0, z=0).values, np.float32)
+        for z in (1, 2):
+            planes = list(np.asarray(images.isel(well=w, c=0, z=z).values, np.float32))
+            rl = process_depth(planes, settings=settings("rl"), freq=freq)
+            for f in np.flatnonzero(rl.method_used == METHOD_RL):
+                assert examples.wells[n] == well and 8.0 <= examples.depths_um[n] <= 36.0  # the blind |z|
+                expected, scale = INFO.network_input(planes[f], rl.refocused[f], CAMERA.offset, examples.depths_um[n])
+                np.testing.assert_allclose(examples.inputs[n], expected, rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(examples.targets[n, ..., 0], (focal[f] - CAMERA.offset) / scale,
+                                           rtol=1e-5, atol=1e-6)  # the target: the field's focal plane
+                rl_error = np.mean((expected[..., 1] - examples.targets[n, ..., 0]) ** 2)
+                assert examples.weights[n] == pytest.approx(1.0 / rl_error, rel=1e-4)  # RL's own error counts 1
+                n += 1
+    assert n == len(examples.wells) >= 6
+
+
+def test_train_refiner_fine_tunes_on_a_stack_and_run_hybrid_uses_it(stack_plate, tmp_path, capsys):
+    from plate_refocus.cli import main
+
+    start = save_refiner(constant_refiner(0.0).keras_model, INFO, tmp_path / "start.keras")
+    before = tree_digest(stack_plate)
+    out = tmp_path / "tuned.keras"
+    argv = ["train-refiner", str(stack_plate), "--out", str(out), "--init", str(start), "--epochs", "2",
+            "--patch", "64", "--patches-per-plane", "2", "--learning-rate", "1e-3"]
+    assert main(argv) == 0
+    assert tree_digest(stack_plate) == before  # the plate is only read
+    tuned = load_refiner(out)
+    training, scores = tuned.info.training, tuned.info.metrics["validation_relative_mse"]
+    assert training["init"]["sha256"] == load_refiner(start).info.sha256 and training["target"] == "focal-plane"
+    assert training["plate"] == str(stack_plate) and len(training["wells"]["validation"]) == 1
+    assert scores["rl"] == 1.0 and scores["best"] <= scores["start"] and len(scores["per_epoch"]) == 2
+    # a zero correction is RL: its validation score is RL's (1.0) up to float32 rounding
+    assert scores["start"] == pytest.approx(1.0, abs=1e-3)
+    assert "validation relative MSE (RL = 1)" in capsys.readouterr().out
+
+    assert main(argv) == 2  # never replaced without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(argv + ["--overwrite", "--epochs", "1"]) == 0
+
+    results = tmp_path / "results.zarr"
+    assert main(["run", str(stack_plate), str(results), "--method", "hybrid", "--refiner", str(out),
+                 "--dry-run"]) == 0
+    assert f"refiner: tuned ({out})" in capsys.readouterr().out
+    assert main(["run", str(stack_plate), str(results), "--refiner", str(out), "--dry-run"]) == 2
+    assert "--method hybrid" in capsys.readouterr().err
+    other = save_refiner(constant_refiner(0.0).keras_model,
+                         dataclasses.replace(INFO, optics=dataclasses.replace(OPTICS, na=0.45)), tmp_path / "na.keras")
+    assert main(["run", str(stack_plate), str(results), "--method", "hybrid", "--refiner", str(other),
+                 "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "train-refiner" in err and "--refiner none" in err and len(err.strip().splitlines()) == 1
+    assert main(["run", str(stack_plate), str(results), "--method", "hybrid", "--refiner", "none",
+                 "--dry-run"]) == 0
+    assert "refiner: none;" in capsys.readouterr().out
+    assert not results.exists()
+
+
+def test_train_refiner_refuses_a_stack_without_planes_at_its_depths(tmp_path, client):
+    from plate_refocus.errors import PlateRefocusError
+    from plate_refocus.simulate import simulate_plate
+    from plate_refocus.train.refiner import refiner_examples
+
+    near = simulate_plate(tmp_path / "near.zarr", rows=1, columns=2, fields=1, depths_um=(0.0, 2.0, 4.0),
+                          size=(96, 96), channels=("nuclei",), client=client)
+    with pytest.raises(PlateRefocusError, match="reaches those depths"):
+        refiner_examples(near, INFO, patch=64)
+    with pytest.raises(ModelError, match="--init none"):
+        refiner_examples(near, dataclasses.replace(INFO, optics=dataclasses.replace(OPTICS, na=0.45)), patch=64)

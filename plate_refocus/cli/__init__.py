@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import PlateRefocusError
-from .model import add_evaluate, add_train
+from .model import add_evaluate, add_train, add_train_refiner
 from .plates import add_info, add_ingest, add_simulate
 from .report import add_report
 from .run import add_demo, add_run
@@ -39,6 +39,7 @@ _COMMANDS: list[tuple[str, Callable]] = [
     ("run", add_run),
     ("demo", add_demo),
     ("train", add_train),
+    ("train-refiner", add_train_refiner),
     ("evaluate", add_evaluate),
     ("report", add_report),
 ]

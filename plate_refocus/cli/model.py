@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from .common import float_list
+from .common import command_line, float_list
 
 
 def add_train(subparsers) -> None:
@@ -125,6 +125,75 @@ def run_train(args: argparse.Namespace) -> int:
     metrics = model.info.metrics
     print(f"best validation loss {metrics['val_loss']:.4g} after {model.info.training['steps']} steps; "
           f"wrote {args.out}")
+    return 0
+
+
+def add_train_refiner(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train-refiner",
+        help="fine-tune hybrid's Richardson-Lucy refiner on a plate (a real z-stack with a focal plane)",
+        description="Fine-tune the network that refines Richardson-Lucy inside --method hybrid on "
+        "PLATE: every well's defocused planes are restored as 'run --method hybrid' does without a "
+        "reference (blind |z|, RL, its consistency check), and the refiner learns to bring RL's "
+        "output to the field's in-focus plane (--target focal-plane) or the simulated ground truth. "
+        "Wells are held out for validation, where the score is the mean squared error relative to "
+        "RL's own (1.0 = RL; below 1 better); the best epoch is written to OUT (.keras) with its "
+        "JSON, for 'run --method hybrid --refiner OUT'. PLATE is only read.",
+    )
+    p.add_argument("plate", metavar="PLATE", help="an OME-Zarr HCS plate (never written to)")
+    p.add_argument("--out", required=True, help="refiner file to write, e.g. refiner.keras")
+    p.add_argument("--init", default="shipped", metavar="REFINER",
+                   help="refiner to start from: 'shipped' (default: the one for the plate's optics), a "
+                   ".keras refiner, or 'none' for a new network")
+    p.add_argument("--target", choices=["focal-plane", "ground-truth"], default="focal-plane",
+                   help="what the refined output should match (default focal-plane)")
+    p.add_argument("--focal-index", type=int, default=None,
+                   help="0-based in-focus plane (default: the plate's)")
+    p.add_argument("--channel", type=int, default=0, help="channel index (default 0)")
+    p.add_argument("--depths", type=float_list, default=[8.0, 36.0], metavar="MIN,MAX",
+                   help="|z| range in um of a new refiner (--init none; default 8,36)")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the patches (default 10)")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="Adam's rate (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=8, help="(default 8)")
+    p.add_argument("--patch", type=int, default=128, help="patch size (default 128)")
+    p.add_argument("--patches-per-plane", type=int, default=8, help="(default 8)")
+    p.add_argument("--validation-fraction", type=float, default=0.25,
+                   help="fraction of wells held out (default 0.25, at least one)")
+    p.add_argument("--seed", type=int, default=0, help="(default 0)")
+    p.add_argument("--name", default=None, help="refiner name (default: the file name)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing refiner or model at --out (nothing else)")
+    p.set_defaults(func=run_train_refiner)
+
+
+def run_train_refiner(args: argparse.Namespace) -> int:
+    from ..errors import ModelNotFoundError
+    from ..plate import read_layout
+    from ..train import fine_tune_refiner
+    from ..unet.refiner import shipped_refiner_path
+
+    init = None if args.init == "none" else args.init
+    if init == "shipped":
+        optics = read_layout(args.plate).optics
+        init = shipped_refiner_path(optics)
+        if init is None:
+            raise ModelNotFoundError(f"no refiner is shipped for the plate's optics ({optics}); "
+                                     "train a new one with --init none")
+    if len(args.depths) != 2:
+        print("plate-refocus train-refiner: error: --depths takes MIN,MAX", file=sys.stderr)
+        return 2
+    print(f"fine-tuning {init} on {args.plate} -> {args.out}" if init else
+          f"training a new refiner on {args.plate} -> {args.out}", flush=True)
+    refiner = fine_tune_refiner(
+        args.plate, args.out, init=init, target=args.target, focal_index=args.focal_index,
+        channel=args.channel, depths_um=tuple(args.depths), epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, patch=args.patch, patches_per_plane=args.patches_per_plane,
+        validation_fraction=args.validation_fraction, seed=args.seed, name=args.name,
+        command=command_line(), overwrite=args.overwrite,
+        progress=lambda line: print(line, flush=True))
+    scores = refiner.info.metrics["validation_relative_mse"]
+    print(f"validation relative MSE (RL = 1): start {scores['start']:.3f}, best {scores['best']:.3f}; "
+          f"wrote {args.out}; use it with 'plate-refocus run --method hybrid --refiner {args.out}'")
     return 0
 
 

@@ -28,6 +28,9 @@ def add_run(subparsers) -> None:
                    "blur is not known, the network where its output is consistent with the plane)")
     p.add_argument("--model", help="a .keras model from 'plate-refocus train' for the methods "
                    "that use the network (default: the shipped model)")
+    p.add_argument("--refiner", metavar="PATH", default=None,
+                   help="hybrid's RL refiner: a .keras file from 'plate-refocus train-refiner', or "
+                   "'none' (default: the one shipped for the plate's optics, if any)")
     p.add_argument("--channel", help="channel name or index to refocus (default: the first)")
     p.add_argument("--reference", choices=list(REFERENCES), default="auto",
                    help="where the well's blur is measured against: auto (default: the stack's "
@@ -97,7 +100,7 @@ def run_run(args: argparse.Namespace) -> int:
         reference=args.reference, optics=optics_overrides(args), focal_plane=args.focal_plane,
         resume=args.resume, overwrite=args.overwrite, wells=wells,
         gpu=getattr(args, "gpu", False), z_step_um=args.z_step, dtype=args.dtype,
-        command_line=command_line(),
+        command_line=command_line(), refiner=args.refiner,
     )
     if args.dry_run:
         layout = plan.layout
@@ -112,7 +115,8 @@ def run_run(args: argparse.Namespace) -> int:
             r = plan.refiner_info
             print(f"refiner: {r['name']} ({plan.job.refiner_path}), refines Richardson-Lucy at "
                   f"|z| {r['min_depth_um']:g}-{r['max_depth_um']:g} um" if r else
-                  "refiner: none trained for these optics; hybrid keeps Richardson-Lucy's output as it is")
+                  "refiner: none" + ("" if args.refiner == "none" else " trained for these optics")
+                  + "; hybrid keeps Richardson-Lucy's output as it is")
         script = job_script_for_args(args)
         if script:
             print("batch job script for each worker job:")

@@ -246,6 +246,7 @@ def run_plate(
     on_well_done: Callable[[str, int, int], None] | None = None,
     command_line: str | None = None,
     tables_csv: bool = False,
+    refiner: str | os.PathLike | None = None,
 ) -> RunSummary:
     """Refocus a whole plate and estimate every well's PSF into a results store.
 
@@ -297,6 +298,9 @@ def run_plate(
     on_well_done : callable, optional
         Called as ``on_well_done(well, n_finished, n_total)`` after each well
         is written and marked done or failed (the CLI's progress bar).
+    refiner : path or "none", optional
+        ``hybrid``'s RL refiner (e.g. one from ``plate-refocus train-refiner``);
+        by default the shipped one for the plate's optics, ``"none"`` for none.
 
     Returns
     -------
@@ -306,6 +310,6 @@ def run_plate(
     plan = plan_run(plate, out, model=model, method=method, channel=channel, reference=reference,
                     resume=resume, overwrite=overwrite, wells=wells, gpu=gpu, backend=backend,
                     z_step_um=z_step_um, optics=optics, focal_plane=focal_plane, dtype=dtype,
-                    command_line=command_line)
+                    command_line=command_line, refiner=refiner)
     return execute_run(plan, client, max_wells_in_flight=max_wells_in_flight,
                        on_well_done=on_well_done, tables_csv=tables_csv)

@@ -86,15 +86,38 @@ def _check_model(model_path: str, optics: Optics) -> dict[str, Any]:
     return model.info.to_dict()
 
 
-def _refiner_for(method: str, optics: Optics) -> tuple[str, dict[str, Any]]:
-    """``hybrid``'s RL refiner for the plate's optics, loaded here so a broken file fails before any
-    worker starts: its path and metadata, or ``("", {})`` for other methods and optics none was trained for."""
+def _refiner_for(method: str, optics: Optics, refiner: str | os.PathLike | None = None) -> tuple[str, dict[str, Any]]:
+    """``hybrid``'s RL refiner, loaded here so a broken file fails before any worker starts: its path
+    and metadata, or ``("", {})`` for other methods, ``refiner="none"`` and optics none was trained for.
+    Without `refiner` the shipped one for the optics; a given one must fit the optics."""
+    from ..unet.model import OPTICS_TOLERANCE
     from ..unet.refiner import load_refiner, shipped_refiner_path
 
-    path = shipped_refiner_path(optics) if method == "hybrid" else None
+    if refiner is not None and str(refiner) != "none" and method != "hybrid":
+        raise ModelError(f"--refiner refines Richardson-Lucy inside --method hybrid; this run's method "
+                         f"is {method!r}: drop --refiner or use --method hybrid")
+    if method != "hybrid" or str(refiner) == "none":
+        return "", {}
+    path = shipped_refiner_path(optics) if refiner is None else Path(refiner)
     if path is None:
         return "", {}
-    return str(path), load_refiner(path).info.to_dict()
+    info = load_refiner(path).info
+    if info.optics.differs_from(optics, rtol=OPTICS_TOLERANCE):
+        raise ModelError(f"refiner {str(path)!r} was trained for {info.optics}, not the plate's {optics} "
+                         f"(more than {OPTICS_TOLERANCE:.0%} apart): fine-tune it on these optics with "
+                         "'plate-refocus train-refiner', or run with --refiner none")
+    return str(path), info.to_dict()
+
+
+def depth_settings(layout: PlateLayout, *, method: str, reference: str, backend: str,
+                   network_limit: float | None = None) -> DepthSettings:
+    """What :func:`process_depth` needs to know about a plate besides its pixels (its optics and camera)."""
+    camera = layout.camera
+    return DepthSettings(
+        optics=layout.optics, method=method, reference=reference, background=layout.offset,
+        data_range=layout.data_range, backend=backend,
+        read_noise=float(camera["read_noise"]) if {"offset", "read_noise"} <= set(camera) else None,
+        network_limit=network_limit)
 
 
 def _check_size(layout: PlateLayout) -> None:
@@ -151,6 +174,7 @@ def plan_run(
     focal_plane: int | None = None,
     dtype: str = "uint16",
     command_line: str | None = None,
+    refiner: str | os.PathLike | None = None,
 ) -> RunPlan:
     """Check a run completely, without starting or writing anything.
 
@@ -174,13 +198,9 @@ def plan_run(
     model_path, info = _model_for(method, reference, model, layout.optics)
     if backend is None:
         backend = "auto" if gpu else "numpy"
-    camera = layout.camera
-    settings = DepthSettings(
-        optics=layout.optics, method=method, reference=reference, background=layout.offset,
-        data_range=layout.data_range, backend=backend,
-        read_noise=float(camera["read_noise"]) if {"offset", "read_noise"} <= set(camera) else None,
-        network_limit=info.get("consistency_limit"))
-    refiner_path, refiner_info = _refiner_for(method, layout.optics)
+    settings = depth_settings(layout, method=method, reference=reference, backend=backend,
+                              network_limit=info.get("consistency_limit"))
+    refiner_path, refiner_info = _refiner_for(method, layout.optics, refiner)
     job = RunJob(layout=layout, channel=ci, writer=ResultsWriter(str(out), ""),
                  model_path=model_path, model_sha256=str(info.get("sha256", "")),
                  settings=settings, reference=reference,

@@ -17,7 +17,8 @@ the network learns on the scale it will see.
 One job per module: :mod:`.config` (:class:`TrainConfig`), :mod:`.data` (the
 well split, the pairs, :class:`PatchSampler`, the validation set) and
 :mod:`.loop` (the losses, the fit loop with checkpointing, :func:`train_model`,
-:func:`train_plate`).
+:func:`train_plate`); :mod:`.refiner` fine-tunes ``hybrid``'s RL refiner on a
+plate (:func:`fine_tune_refiner`, ``plate-refocus train-refiner``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 from .config import TrainConfig
 from .data import PatchSampler, plate_training_pairs, split_wells
 from .loop import format_progress, train_model, train_plate
+from .refiner import fine_tune_refiner
 
 __all__ = [
     "TrainConfig",
@@ -34,4 +36,5 @@ __all__ = [
     "plate_training_pairs",
     "split_wells",
     "format_progress",
+    "fine_tune_refiner",
 ]

@@ -33,7 +33,7 @@ from ..optics import Optics
 from .io import check_archive, closest_for, load_archive, metadata_beside, sha256_of
 from .model import OPTICS_TOLERANCE
 
-__all__ = ["RefinerInfo", "Refiner", "build_refiner", "save_refiner", "load_refiner", "read_refiner_info",
+__all__ = ["RefinerInfo", "Refiner", "build_refiner", "rl_plus", "save_refiner", "load_refiner", "read_refiner_info",
            "shipped_refiner_paths", "shipped_refiner_path"]
 
 REFINER_FORMAT = 1
@@ -83,6 +83,25 @@ class RefinerInfo:
     def channels(self) -> int:
         return 3 if self.depth_channel else 2
 
+    def applies(self, optics: Optics, depth_um: float) -> bool:
+        """Whether it was trained for these optics (within ``OPTICS_TOLERANCE``) and this ``|z|``."""
+        return (not self.optics.differs_from(optics, rtol=OPTICS_TOLERANCE)
+                and self.min_depth_um <= depth_um <= self.max_depth_um)
+
+    def network_input(self, plane: np.ndarray, restored: np.ndarray, offset: float,
+                      depth_um: float) -> tuple[np.ndarray, float]:
+        """``((Y, X, channels) float32, scale)``: what the network is fed for RL's `restored` of `plane`
+        at `depth_um`; a correction it predicts is times `scale` on the plane's intensities."""
+        plane = np.asarray(plane, dtype=np.float32)
+        restored = np.asarray(restored, dtype=np.float32)
+        if plane.ndim != 2 or plane.shape != restored.shape:
+            raise ValueError(f"plane and restored must be one (Y, X) shape, got {plane.shape} and {restored.shape}")
+        scale = max(float(np.percentile(plane, self.scale_percentile)) - offset, self.min_scale)
+        maps = [(plane - offset) / scale, (restored - offset) / scale]
+        if self.depth_channel:
+            maps.append(np.full(plane.shape, depth_um / self.depth_scale_um, np.float32))
+        return np.stack(maps, axis=-1).astype(np.float32), scale
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["optics"] = self.optics.to_dict()
@@ -92,7 +111,7 @@ class RefinerInfo:
     def from_dict(cls, data: Any, *, source: str = "refiner metadata") -> RefinerInfo:
         if not isinstance(data, dict) or data.get("format") != "plate-refocus rl-refiner":
             raise ModelError(f"{source} is not a plate-refocus RL refiner's metadata; "
-                             "write refiners with benchmarks/refiner_experiment.py --save")
+                             "write refiners with 'plate-refocus train-refiner'")
         if data.get("format_version") != REFINER_FORMAT:
             raise ModelError(f"{source} has format version {data.get('format_version')!r}; this "
                              f"plate-refocus reads version {REFINER_FORMAT}: retrain the refiner")
@@ -117,25 +136,16 @@ class Refiner:
 
     def applies(self, optics: Optics, depth_um: float) -> bool:
         """Whether it was trained for these optics (within ``OPTICS_TOLERANCE``) and this ``|z|``."""
-        return (not self.info.optics.differs_from(optics, rtol=OPTICS_TOLERANCE)
-                and self.info.min_depth_um <= depth_um <= self.info.max_depth_um)
+        return self.info.applies(optics, depth_um)
 
     def refine(self, plane: np.ndarray, restored: np.ndarray, offset: float, depth_um: float) -> np.ndarray:
         """RL's restoration of `plane` at `depth_um` plus the network's correction, on the plane's scale (float32)."""
-        plane = np.asarray(plane, dtype=np.float32)
-        restored = np.asarray(restored, dtype=np.float32)
-        if plane.ndim != 2 or plane.shape != restored.shape:
-            raise ValueError(f"plane and restored must be one (Y, X) shape, got {plane.shape} and {restored.shape}")
-        info = self.info
-        scale = max(float(np.percentile(plane, info.scale_percentile)) - offset, info.min_scale)
-        maps = [(plane - offset) / scale, (restored - offset) / scale]
-        if info.depth_channel:
-            maps.append(np.full(plane.shape, depth_um / info.depth_scale_um, np.float32))
-        x = np.stack(maps, axis=-1)[None]
-        ny, nx = plane.shape
-        pad = ((0, 0), (0, (-ny) % info.divisor), (0, (-nx) % info.divisor), (0, 0))
-        correction = self.keras_model.predict_on_batch(np.pad(x, pad, mode="reflect"))[0, :ny, :nx, 0]
-        return (restored + correction * scale).astype(np.float32)
+        x, scale = self.info.network_input(plane, restored, offset, depth_um)
+        ny, nx = x.shape[:2]
+        divisor = self.info.divisor
+        pad = ((0, 0), (0, (-ny) % divisor), (0, (-nx) % divisor), (0, 0))
+        correction = self.keras_model.predict_on_batch(np.pad(x[None], pad, mode="reflect"))[0, :ny, :nx, 0]
+        return (np.asarray(restored, np.float32) + correction * scale).astype(np.float32)
 
 
 def build_refiner(filters: int = 16, depth: int = 3, channels: int = 3) -> tuple[Any, Any]:
@@ -158,8 +168,18 @@ def build_refiner(filters: int = 16, depth: int = 3, channels: int = 3) -> tuple
         x = layers.Conv2D(filters * 2**level, 3, padding="same", activation="relu")(x)
         x = layers.Conv2D(filters * 2**level, 3, padding="same", activation="relu")(x)
     correction = keras.Model(inp, layers.Conv2D(1, 1)(x), name="rl_correction")
-    rl = layers.Lambda(lambda t: t[..., 1:2])(inp)  # training only: never saved
-    return keras.Model(inp, layers.Add()([rl, correction(inp)])), correction
+    return rl_plus(correction), correction
+
+
+def rl_plus(correction: Any) -> Any:
+    """The model trained: RL's restoration (input channel 1) plus `correction`'s output. Only
+    `correction` is saved; the Lambda here would not load in safe mode."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((None, None, int(correction.inputs[0].shape[-1])))
+    rl = layers.Lambda(lambda t: t[..., 1:2])(inp)
+    return keras.Model(inp, layers.Add()([rl, correction(inp)]))
 
 
 def save_refiner(correction: Any, info: RefinerInfo, path: str | os.PathLike) -> Path:
@@ -182,7 +202,7 @@ def save_refiner(correction: Any, info: RefinerInfo, path: str | os.PathLike) ->
 def read_refiner_info(path: str | os.PathLike) -> RefinerInfo:
     """The validated metadata of a refiner file (no Keras)."""
     path = Path(path)
-    data = metadata_beside(path, "refiner", "benchmarks/refiner_experiment.py --save")
+    data = metadata_beside(path, "refiner", "'plate-refocus train-refiner'")
     return RefinerInfo.from_dict(data, source=f"refiner metadata {str(path.with_suffix('.json'))!r}")
 
 
