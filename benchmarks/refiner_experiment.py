@@ -61,8 +61,13 @@ def _family(name: str) -> str | None:
     return None if name == "u2os" else name
 
 
+#: the product refiner's normalisation (RefinerInfo's defaults), for every variant tried here
+_NORMALISATION = RefinerInfo(name="experiment", optics=OPTICS, min_depth_um=0.0, max_depth_um=36.0,
+                             depth_channel=True)
+
+
 def _scale(plane: np.ndarray, offset: float) -> float:
-    return max(float(np.percentile(plane, 99.9)) - offset, 20.0)
+    return _NORMALISATION.scale(plane, offset)
 
 
 def draw_condition(rng: np.random.Generator, max_z: float, min_z: float = 0.0) -> tuple[str, str, Camera, float]:
@@ -121,14 +126,14 @@ def training_pair(rng: np.random.Generator, size: int, min_z: float = 0.0,
     restored = richardson_lucy(plane, Blur.model(OPTICS, z_used), noise=NoiseModel.from_camera(camera)).image
     s = _scale(plane, camera.offset)
     x = np.stack([(plane - camera.offset) / s, (restored - camera.offset) / s]
-                 + ([np.full(plane.shape, z_used / 36.0, np.float32)] if depth_channel else []))
+                 + ([np.full(plane.shape, z_used / _NORMALISATION.depth_scale_um, np.float32)] if depth_channel else []))
     return x.astype(np.float32), ((truth - camera.offset) / s).astype(np.float32)
 
 
 def depth_channels(estimate) -> list[float]:
     """The blind estimate as the network sees it: restoration depth and interval, over 36 um."""
-    lo, hi = estimate.interval_um
-    return [restoration_depth(estimate) / 36.0, lo / 36.0, min(hi, 60.0) / 36.0]
+    lo, hi, unit = *estimate.interval_um, _NORMALISATION.depth_scale_um
+    return [restoration_depth(estimate) / unit, lo / unit, min(hi, 60.0) / unit]
 
 
 def training_group(rng: np.random.Generator, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -194,7 +199,7 @@ def evaluate(model, args, divisor: int) -> list[str]:
             rl_blind = richardson_lucy(plane, Blur.model(OPTICS, z_blind), noise=noise).image
             rl_true = richardson_lucy(plane, Blur.model(OPTICS, z), noise=noise).image
             extra = depth_channels(estimate) if args.with_depth else (
-                [z_blind / 36.0] if args.depth_channel else None)
+                [z_blind / _NORMALISATION.depth_scale_um] if args.depth_channel else None)
             refined = refine(model, plane, rl_blind, camera.offset, divisor, extra)
             scores[i] = [psnr(truth, img, data_range=RANGE) for img in (plane, rl_blind, refined, rl_true)]
         m = scores.mean(axis=0)

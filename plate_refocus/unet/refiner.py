@@ -88,6 +88,10 @@ class RefinerInfo:
         return (not self.optics.differs_from(optics, rtol=OPTICS_TOLERANCE)
                 and self.min_depth_um <= depth_um <= self.max_depth_um)
 
+    def scale(self, plane: np.ndarray, offset: float) -> float:
+        """The intensity unit of the network for `plane`: its high percentile above the offset, floored."""
+        return max(float(np.percentile(plane, self.scale_percentile)) - offset, self.min_scale)
+
     def network_input(self, plane: np.ndarray, restored: np.ndarray, offset: float,
                       depth_um: float) -> tuple[np.ndarray, float]:
         """``((Y, X, channels) float32, scale)``: what the network is fed for RL's `restored` of `plane`
@@ -96,7 +100,7 @@ class RefinerInfo:
         restored = np.asarray(restored, dtype=np.float32)
         if plane.ndim != 2 or plane.shape != restored.shape:
             raise ValueError(f"plane and restored must be one (Y, X) shape, got {plane.shape} and {restored.shape}")
-        scale = max(float(np.percentile(plane, self.scale_percentile)) - offset, self.min_scale)
+        scale = self.scale(plane, offset)
         maps = [(plane - offset) / scale, (restored - offset) / scale]
         if self.depth_channel:
             maps.append(np.full(plane.shape, depth_um / self.depth_scale_um, np.float32))
