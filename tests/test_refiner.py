@@ -105,6 +105,12 @@ def test_hybrid_refines_richardson_lucy_where_it_restored_at_depth(planes):
                          refocus=lambda s: np.asarray(s, np.float32))
     assert (wild.method_used == METHOD_RL).all()
     np.testing.assert_array_equal(wild.refocused, rl.refocused)
+    # unless the refiner was calibrated to a higher limit on its own validation wells (train-refiner)
+    calibrated = constant_refiner(5.0)
+    calibrated.info = dataclasses.replace(INFO, consistency_limit=1e9)
+    kept = process_depth(at_depth, settings=settings("hybrid"), freq=freq, refiner=calibrated,
+                         refocus=lambda s: np.asarray(s, np.float32))
+    assert (kept.method_used == METHOD_RL_REFINED).all() and np.all(kept.consistency > RL_CONSISTENCY_LIMIT)
     # near focus RL restores nothing, so there is nothing to refine
     focus = process_depth(list(planes[:, 0]), settings=settings("hybrid"), freq=freq,
                           refiner=constant_refiner(0.002), refocus=lambda s: 3.0 * np.asarray(s, np.float32))
@@ -184,6 +190,10 @@ def test_train_refiner_fine_tunes_on_a_stack_and_run_hybrid_uses_it(stack_plate,
     assert scores["rl"] == 1.0 and scores["best"] <= scores["start"] and len(scores["per_epoch"]) == 2
     # a zero correction is RL: its validation score is RL's (1.0) up to float32 rounding
     assert scores["start"] == pytest.approx(1.0, abs=1e-3)
+    through = tuned.info.metrics["validation_through_hybrid"]  # the held-out well run as hybrid runs it
+    assert through["planes"] >= 1 and through["kept"] <= through["planes"]
+    limit = tuned.info.consistency_limit
+    assert limit is None or limit > RL_CONSISTENCY_LIMIT  # raised only above RL's own, never lowered
     assert "validation relative MSE (RL = 1)" in capsys.readouterr().out
 
     assert main(argv) == 2  # never replaced without --overwrite
@@ -219,3 +229,14 @@ def test_train_refiner_refuses_a_stack_without_planes_at_its_depths(tmp_path, cl
         refiner_examples(near, INFO, patch=64)
     with pytest.raises(ModelError, match="--init none"):
         refiner_examples(near, dataclasses.replace(INFO, optics=dataclasses.replace(OPTICS, na=0.45)), patch=64)
+
+
+def test_a_refiner_that_loses_to_rl_on_validation_wells_is_held_to_rl_s_limit(stack_plate):
+    from plate_refocus.train.refiner import _calibrate_limit, _HybridPlanes
+
+    planes = _HybridPlanes.open(stack_plate, INFO, target="focal-plane", focal_index=None, channel=0)
+    worse = _calibrate_limit(planes, ["A01", "A02"], constant_refiner(5.0))  # adds a bright haze
+    assert worse["planes"] >= 2 and worse["gain_over_rl_db"]["max"] < 0
+    assert worse["consistency_limit"] is None and worse["kept"] == 0 and worse["gain_as_run_db"] == 0.0
+    same = _calibrate_limit(planes, ["A01", "A02"], constant_refiner(0.0))  # RL itself: nothing to trust more
+    assert same["consistency_limit"] is None and same["gain_over_rl_db"]["max"] == pytest.approx(0.0, abs=1e-3)

@@ -114,7 +114,9 @@ def run_run(args: argparse.Namespace) -> int:
         if args.method == "hybrid":
             r = plan.refiner_info
             print(f"refiner: {r['name']} ({plan.job.refiner_path}), refines Richardson-Lucy at "
-                  f"|z| {r['min_depth_um']:g}-{r['max_depth_um']:g} um" if r else
+                  f"|z| {r['min_depth_um']:g}-{r['max_depth_um']:g} um" + (
+                      f"; keeps its output at consistency <= {r['consistency_limit']:g} (calibrated on "
+                      "its validation wells)" if r.get("consistency_limit") else "") if r else
                   "refiner: none" + ("" if args.refiner == "none" else " trained for these optics")
                   + "; hybrid keeps Richardson-Lucy's output as it is")
         script = job_script_for_args(args)

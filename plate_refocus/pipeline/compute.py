@@ -274,7 +274,8 @@ def _refocus(ps: _Planes, settings: DepthSettings, net: dict[int, np.ndarray], b
             elif code == METHOD_RL and refiner is not None:
                 refined = refiner.refine(ps.raw[f], out, noise.offset, blur.defocus_um)
                 refined_trust = consistency(ps.raw[f], refined, check, noise=noise)
-                if refined_trust <= RL_CONSISTENCY_LIMIT:  # held to RL's own bar
+                # held to RL's own bar, or to the one a fine-tuned refiner was calibrated to
+                if refined_trust <= (refiner.info.consistency_limit or RL_CONSISTENCY_LIMIT):
                     out, code, trust[f] = refined, METHOD_RL_REFINED, refined_trust
         refocused[f], method_used[f] = out, code
     return refocused, method_used, trust

@@ -11,7 +11,11 @@ kept restoration, the ``|z|`` RL used and the offset) and changes nothing; each
 record becomes patches paired with the field's in-focus plane (or the simulated
 ground truth). :func:`fine_tune_refiner` trains on them (each patch's loss over
 RL's own error there, so RL scores 1.0; flips and rotations), holds wells out for
-validation and writes the epoch that scores best there.
+validation and writes the epoch that scores best there. It then runs the validation
+wells through hybrid with the refiner and sets the consistency up to which ``run``
+keeps its outputs (``_calibrate_limit``): under an objective the model does not
+describe (an aberration), the right answer is inconsistent with the model blur, and
+RL's own limit would throw away what the stacks taught the refiner.
 """
 
 from __future__ import annotations
@@ -50,18 +54,95 @@ class RefinerExamples:
 
 
 class _Recorder:
-    """Stands in for the refiner inside ``process_depth``: records what it is given, returns RL's output."""
+    """Stands in for the refiner inside ``process_depth``: records what it is given and returns RL's
+    output, or, with a `refiner`, that refiner's output (whatever its consistency: the caller judges)."""
 
-    def __init__(self, info: Any) -> None:
-        self.info = info
-        self.seen: list[tuple[np.ndarray, np.ndarray, float, float]] = []
+    def __init__(self, info: Any, refiner: Any | None = None) -> None:
+        self.info = info if refiner is None else dataclasses.replace(refiner.info, consistency_limit=float("inf"))
+        self.refiner = refiner
+        self.seen: list[tuple[np.ndarray, np.ndarray, float, float, np.ndarray]] = []
 
     def applies(self, optics: Any, depth_um: float) -> bool:
         return self.info.applies(optics, depth_um)
 
     def refine(self, plane: np.ndarray, restored: np.ndarray, offset: float, depth_um: float) -> np.ndarray:
-        self.seen.append((plane, np.array(restored, np.float32), float(offset), float(depth_um)))
-        return restored
+        restored = np.array(restored, np.float32)
+        out = restored if self.refiner is None else self.refiner.refine(plane, restored, offset, depth_um)
+        self.seen.append((plane, restored, float(offset), float(depth_um), out))
+        return out
+
+
+@dataclasses.dataclass
+class _Record:
+    """One field's plane as ``run --method hybrid`` restores it, with its target."""
+
+    well: str
+    plane: np.ndarray
+    target: np.ndarray
+    restored: np.ndarray  # RL's kept output
+    offset: float
+    depth_um: float
+    refined: np.ndarray  # the refiner's output (RL's when none was given)
+    consistency: float  # of `refined` with the plane
+
+
+@dataclasses.dataclass
+class _HybridPlanes:
+    """A plate's planes within a refiner's depths, run through ``process_depth`` as hybrid runs them."""
+
+    images: Any
+    targets: Any
+    planes_z: list[int]
+    settings: Any
+    freq: np.ndarray
+    channel: int
+    info: Any
+
+    @classmethod
+    def open(cls, plate: str | os.PathLike, info: Any, *, target: str, focal_index: int | None,
+             channel: int) -> _HybridPlanes:
+        from ..optics import radial_frequencies
+        from ..pipeline.plan import depth_settings
+        from ..plate import read_layout
+
+        layout = read_layout(plate)
+        if info.optics.differs_from(layout.optics, rtol=OPTICS_TOLERANCE):
+            raise ModelError(f"the refiner was trained for {info.optics}, the plate {str(plate)!r} is "
+                             f"{layout.optics}: start from --init none (a new refiner) for these optics")
+        images, targets, depth_um = plate_training_pairs(plate, target=target, focal_index=focal_index)
+        planes_z = [int(j) for j in np.flatnonzero((depth_um >= 0.8 * info.min_depth_um)
+                                                    & (depth_um <= 1.1 * info.max_depth_um))]
+        if not planes_z:
+            raise PlateRefocusError(
+                f"no plane of {str(plate)!r} lies at the |z| the refiner refines ({info.min_depth_um:g}-"
+                f"{info.max_depth_um:g} um; the stack's planes lie at {', '.join(f'{d:g}' for d in depth_um)} "
+                "um from focus): fine-tune on a stack that reaches those depths")
+        return cls(images, targets, planes_z,
+                   depth_settings(layout, method="hybrid", reference="blind", backend="numpy"),
+                   radial_frequencies(layout.shape, layout.optics.pixel_size_um), channel, info)
+
+    @property
+    def wells(self) -> list[str]:
+        return [str(v) for v in self.images.coords["well"].values]
+
+    def records(self, wells: list[str] | None = None, refiner: Any | None = None):
+        """Every field's plane that RL restored and kept within the refiner's depths (of `wells`), as a
+        :class:`_Record`; refined by `refiner` where given."""
+        from ..pipeline.compute import process_depth
+
+        for w, well in enumerate(self.wells):
+            if wells is not None and well not in wells:
+                continue
+            truths = np.asarray(self.targets.isel(well=w, c=self.channel).values, np.float32)  # (F, Y, X)
+            for z in self.planes_z:
+                planes = list(np.asarray(self.images.isel(well=w, c=self.channel, z=z).values, np.float32))
+                recorder = _Recorder(self.info, refiner)
+                result = process_depth(planes, settings=self.settings, freq=self.freq, refiner=recorder,
+                                       refocus=lambda stack: stack.astype(np.float32))
+                for plane, restored, offset, depth, refined in recorder.seen:
+                    f = next(i for i, p in enumerate(planes) if p is plane or np.array_equal(p, plane))
+                    yield _Record(well, plane, truths[f], restored, offset, depth, refined,
+                                  float(result.consistency[f]))
 
 
 def _patches(rng: np.random.Generator, shape: tuple[int, int], patch: int, count: int) -> list[tuple[slice, slice]]:
@@ -101,53 +182,61 @@ def refiner_examples(
     progress : callable, optional
         Called with a line per well.
     """
-    from ..optics import radial_frequencies
-    from ..pipeline.compute import process_depth
-    from ..pipeline.plan import depth_settings
-    from ..plate import read_layout
-
-    layout = read_layout(plate)
-    if info.optics.differs_from(layout.optics, rtol=OPTICS_TOLERANCE):
-        raise ModelError(f"the refiner was trained for {info.optics}, the plate {str(plate)!r} is "
-                         f"{layout.optics}: start from --init none (a new refiner) for these optics")
-    if min(layout.shape) < patch:
-        raise PlateRefocusError(f"the plate's fields ({layout.shape[0]}x{layout.shape[1]}) are smaller "
-                                f"than --patch {patch}: pass a smaller --patch")
-    images, targets, depth_um = plate_training_pairs(plate, target=target, focal_index=focal_index)
-    settings = depth_settings(layout, method="hybrid", reference="blind", backend="numpy")
-    freq = radial_frequencies(layout.shape, layout.optics.pixel_size_um)
-    planes_z = [int(j) for j in np.flatnonzero((depth_um >= 0.8 * info.min_depth_um)
-                                                & (depth_um <= 1.1 * info.max_depth_um))]
+    planes = _HybridPlanes.open(plate, info, target=target, focal_index=focal_index, channel=channel)
+    shape = tuple(planes.images.shape[-2:])
+    if min(shape) < patch:
+        raise PlateRefocusError(f"the plate's fields ({shape[0]}x{shape[1]}) are smaller than --patch {patch}: "
+                                "pass a smaller --patch")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     out: dict[str, list] = {"inputs": [], "targets": [], "weights": [], "wells": [], "depths_um": []}
-    for w, well in enumerate(str(v) for v in images.coords["well"].values):
-        truths = np.asarray(targets.isel(well=w, c=channel).values, np.float32)  # (F, Y, X)
-        for z in planes_z:
-            planes = list(np.asarray(images.isel(well=w, c=channel, z=z).values, np.float32))
-            recorder = _Recorder(info)
-            process_depth(planes, settings=settings, freq=freq, refocus=lambda stack: stack.astype(np.float32),
-                          refiner=recorder)
-            for plane, restored, offset, depth in recorder.seen:
-                f = next(i for i, p in enumerate(planes) if p is plane or np.array_equal(p, plane))
-                x, scale = info.network_input(plane, restored, offset, depth)
-                y = (truths[f] - offset) / scale
-                for sl in _patches(rng, layout.shape, patch, patches_per_plane):
-                    error = float(np.mean((x[sl][..., 1] - y[sl]) ** 2))
-                    out["inputs"].append(x[sl])
-                    out["targets"].append(y[sl][..., None])
-                    out["weights"].append(1.0 / max(error, 1e-6))
-                    out["wells"].append(well)
-                    out["depths_um"].append(depth)
+    for well in planes.wells:
+        for r in planes.records(wells=[well]):
+            x, scale = info.network_input(r.plane, r.restored, r.offset, r.depth_um)
+            y = (r.target - r.offset) / scale
+            for sl in _patches(rng, shape, patch, patches_per_plane):
+                error = float(np.mean((x[sl][..., 1] - y[sl]) ** 2))
+                out["inputs"].append(x[sl])
+                out["targets"].append(y[sl][..., None])
+                out["weights"].append(1.0 / max(error, 1e-6))
+                out["wells"].append(well)
+                out["depths_um"].append(r.depth_um)
         if progress:
             progress(f"well {well}: {len(out['wells'])} patches so far")
     if not out["wells"]:
         raise PlateRefocusError(
             f"no plane of {str(plate)!r} is one the refiner refines (RL restored and kept at |z| "
-            f"{info.min_depth_um:g}-{info.max_depth_um:g} um; the stack's planes lie at "
-            f"{', '.join(f'{d:g}' for d in depth_um)} um from focus): fine-tune on a stack that reaches those depths")
+            f"{info.min_depth_um:g}-{info.max_depth_um:g} um): fine-tune on a stack that reaches those depths")
     return RefinerExamples(np.stack(out["inputs"]).astype(np.float32), np.stack(out["targets"]).astype(np.float32),
                            np.asarray(out["weights"], np.float32), np.asarray(out["wells"]),
                            np.asarray(out["depths_um"], np.float64))
+
+
+def _calibrate_limit(planes: _HybridPlanes, wells: list[str], refiner: Any) -> dict[str, Any]:
+    """Run `wells` through hybrid with `refiner` un-gated and choose the consistency up to which its
+    outputs are kept: where they beat RL against the targets on average, 1.5 x the 95th percentile of
+    the winning planes' consistency (never below RL's own limit; None = RL's). Returns the limit and
+    what was measured (gain over RL in dB per plane, against the targets)."""
+    from ..pipeline.compute import RL_CONSISTENCY_LIMIT
+
+    gains, trust = [], []
+    for r in planes.records(wells=wells, refiner=refiner):
+        rl, refined = (float(np.mean((a - r.target) ** 2)) for a in (r.restored, r.refined))
+        gains.append(10.0 * np.log10(max(rl, 1e-12) / max(refined, 1e-12)))
+        trust.append(r.consistency)
+    gains, trust = np.asarray(gains), np.asarray(trust)
+    winners = trust[gains > 0]
+    limit = None
+    if gains.size and gains.mean() > 0 and winners.size:
+        raised = 1.5 * float(np.percentile(winners, 95))
+        limit = round(raised, 2) if raised > RL_CONSISTENCY_LIMIT else None
+    kept = trust <= (limit or RL_CONSISTENCY_LIMIT)
+    return {"consistency_limit": limit, "planes": int(gains.size),
+            "gain_over_rl_db": {"min": round(float(gains.min()), 2), "mean": round(float(gains.mean()), 2),
+                                "max": round(float(gains.max()), 2)} if gains.size else None,
+            "consistency": {"median": round(float(np.median(trust)), 2), "max": round(float(trust.max()), 2)}
+            if trust.size else None,
+            "kept": int(kept.sum()),
+            "gain_as_run_db": round(float(np.where(kept, gains, 0.0).mean()), 2) if gains.size else None}
 
 
 def _relative_mse(model: Any, examples: RefinerExamples, batch_size: int) -> float:
@@ -242,7 +331,7 @@ def fine_tune_refiner(
 
     from ..outputs import prepare_output
     from ..plate import read_layout
-    from ..unet.refiner import RefinerInfo, build_refiner, load_refiner, save_refiner
+    from ..unet.refiner import Refiner, RefinerInfo, build_refiner, load_refiner, save_refiner
 
     plate, out = Path(plate), Path(out)
     if out.suffix != ".keras":
@@ -272,8 +361,14 @@ def fine_tune_refiner(
     scores = _fit(correction, train, val, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                   say=say)
     best = min(scores)
+    planes = _HybridPlanes.open(plate, base, target=target, focal_index=focal_index, channel=channel)
+    calibration = _calibrate_limit(planes, val_wells, Refiner(correction, base))
+    say(f"validation wells through hybrid, refined against RL: {calibration['gain_over_rl_db']} dB per plane, "
+        f"consistency {calibration['consistency']}; keeps the refined output at consistency <= "
+        f"{calibration['consistency_limit'] or 'RL_CONSISTENCY_LIMIT'} ({calibration['kept']}/{calibration['planes']} "
+        f"planes, {calibration['gain_as_run_db']:+.2f} dB on average as run)")
     info = dataclasses.replace(
-        base, name=name or out.stem, optics=optics,
+        base, name=name or out.stem, optics=optics, consistency_limit=calibration["consistency_limit"],
         training={"init": None if init is None else {"path": str(init), "name": base.name, "sha256": base.sha256},
                   "plate": str(plate), "plate_metadata_sha256": plate_digest(plate), "target": target,
                   "focal_index": focal_index, "channel": channel, "reference": "blind",
@@ -282,7 +377,8 @@ def fine_tune_refiner(
                   "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
                   "seconds": round(time.perf_counter() - started, 1), **({"command": command} if command else {})},
         metrics={"validation_relative_mse": {"rl": 1.0, "start": round(scores[0], 4), "best": round(best, 4),
-                                             "per_epoch": [round(s, 4) for s in scores[1:]]}})
+                                             "per_epoch": [round(s, 4) for s in scores[1:]]},
+                 "validation_through_hybrid": calibration})
     if best >= scores[0]:
         log.warning("no epoch beat the starting refiner on the validation wells; %s holds the starting weights", out)
     save_refiner(correction, info, out)

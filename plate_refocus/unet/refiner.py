@@ -58,6 +58,11 @@ class RefinerInfo:
         - offset, min_scale)`` before the network and scaled back after it.
     divisor : int
         Images are padded (reflected) to a multiple of this.
+    consistency_limit : float, optional
+        ``hybrid`` keeps a refined output whose consistency with its plane (under the model
+        blur) is at most this; None: Richardson-Lucy's own limit. Set by fine-tuning from
+        the validation wells, where the refined outputs beat RL against the in-focus planes
+        (an objective the model does not describe makes the right answer inconsistent with it).
     sha256 : str
         Hash of the ``.keras`` file (filled in by :func:`save_refiner`).
     training, metrics : dict
@@ -73,6 +78,7 @@ class RefinerInfo:
     scale_percentile: float = 99.9
     min_scale: float = 20.0
     divisor: int = 8
+    consistency_limit: float | None = None
     sha256: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -126,6 +132,8 @@ class RefinerInfo:
             info = cls(**kwargs)
         except (KeyError, TypeError, ValueError) as error:
             raise ModelError(f"{source} is incomplete or invalid ({error}); retrain the refiner") from None
+        if info.consistency_limit is not None and not info.consistency_limit > 0:
+            raise ModelError(f"{source} has consistency limit {info.consistency_limit!r}; retrain the refiner")
         if not 0 <= info.min_depth_um < info.max_depth_um:
             raise ModelError(f"{source} has depths {info.min_depth_um}-{info.max_depth_um} um; retrain the refiner")
         return info
