@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--eval-wells", type=int, default=4, help="wells of the plate scored (default 4)")
     parser.add_argument("--fields", type=int, default=3)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--quick", action="store_true", help="tiny plates, 2 epochs")
     parser.add_argument("--keep", default=None, help="folder to keep the plates and the refiner in")

@@ -152,7 +152,7 @@ def add_train_refiner(subparsers) -> None:
     p.add_argument("--channel", type=int, default=0, help="channel index (default 0)")
     p.add_argument("--depths", type=float_list, default=[8.0, 36.0], metavar="MIN,MAX",
                    help="|z| range in um of a new refiner (--init none; default 8,36)")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the patches (default 10)")
+    p.add_argument("--epochs", type=int, default=20, help="passes over the patches (default 20)")
     p.add_argument("--learning-rate", type=float, default=1e-4, help="Adam's rate (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=8, help="(default 8)")
     p.add_argument("--patch", type=int, default=128, help="patch size (default 128)")

@@ -289,7 +289,7 @@ def fine_tune_refiner(
     focal_index: int | None = None,
     channel: int = 0,
     depths_um: tuple[float, float] = (8.0, 36.0),
-    epochs: int = 10,
+    epochs: int = 20,
     batch_size: int = 8,
     learning_rate: float = 1e-4,
     patch: int = 128,
