@@ -240,3 +240,13 @@ def test_a_refiner_that_loses_to_rl_on_validation_wells_is_held_to_rl_s_limit(st
     assert worse["consistency_limit"] is None and worse["kept"] == 0 and worse["gain_as_run_db"] == 0.0
     same = _calibrate_limit(planes, ["A01", "A02"], constant_refiner(0.0))  # RL itself: nothing to trust more
     assert same["consistency_limit"] is None and same["gain_over_rl_db"]["max"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_refiner_examples_can_be_limited_to_some_wells(stack_plate):
+    from plate_refocus.errors import PlateRefocusError
+    from plate_refocus.train.refiner import refiner_examples
+
+    some = refiner_examples(stack_plate, INFO, patch=64, patches_per_plane=1, wells=["A01", "A03"])
+    assert set(some.wells) <= {"A01", "A03"} and len(some.wells) >= 2
+    with pytest.raises(PlateRefocusError, match="Z99 are not in"):
+        refiner_examples(stack_plate, INFO, patch=64, wells=["A01", "Z99"])

@@ -150,6 +150,9 @@ def add_train_refiner(subparsers) -> None:
     p.add_argument("--focal-index", type=int, default=None,
                    help="0-based in-focus plane (default: the plate's)")
     p.add_argument("--channel", type=int, default=0, help="channel index (default 0)")
+    p.add_argument("--wells", default=None,
+                   help="comma-separated wells to learn from, e.g. A01,A02,B01 (default: all; the "
+                   "patches are held in memory, about 0.2 MB each)")
     p.add_argument("--depths", type=float_list, default=[8.0, 36.0], metavar="MIN,MAX",
                    help="|z| range in um of a new refiner (--init none; default 8,36)")
     p.add_argument("--epochs", type=int, default=20, help="passes over the patches (default 20)")
@@ -189,6 +192,7 @@ def run_train_refiner(args: argparse.Namespace) -> int:
         channel=args.channel, depths_um=tuple(args.depths), epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, patch=args.patch, patches_per_plane=args.patches_per_plane,
         validation_fraction=args.validation_fraction, seed=args.seed, name=args.name,
+        wells=[w.strip() for w in args.wells.split(",")] if args.wells else None,
         command=command_line(), overwrite=args.overwrite,
         progress=lambda line: print(line, flush=True))
     scores = refiner.info.metrics["validation_relative_mse"]

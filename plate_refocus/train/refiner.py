@@ -162,6 +162,7 @@ def refiner_examples(
     patch: int = 128,
     patches_per_plane: int = 8,
     seed: int = 0,
+    wells: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RefinerExamples:
     """Patches of what ``run --method hybrid`` would hand `info`'s refiner on this plate, with their targets.
@@ -179,6 +180,8 @@ def refiner_examples(
     patch, patches_per_plane : int
         Square patches drawn at random from each restored plane.
     seed : int
+    wells : list of str, optional
+        Only these wells (e.g. ``["A01", "B02"]``); all by default.
     progress : callable, optional
         Called with a line per well.
     """
@@ -189,7 +192,11 @@ def refiner_examples(
                                 "pass a smaller --patch")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     out: dict[str, list] = {"inputs": [], "targets": [], "weights": [], "wells": [], "depths_um": []}
-    for well in planes.wells:
+    unknown = sorted(set(wells or []) - set(planes.wells))
+    if unknown:
+        raise PlateRefocusError(f"wells {', '.join(unknown)} are not in {str(plate)!r} (it has "
+                                f"{', '.join(planes.wells)})")
+    for well in (w for w in planes.wells if wells is None or w in wells):
         for r in planes.records(wells=[well]):
             x, scale = info.network_input(r.plane, r.restored, r.offset, r.depth_um)
             y = (r.target - r.offset) / scale
@@ -296,6 +303,7 @@ def fine_tune_refiner(
     patches_per_plane: int = 8,
     validation_fraction: float = 0.25,
     seed: int = 0,
+    wells: list[str] | None = None,
     name: str | None = None,
     command: str | None = None,
     overwrite: bool = False,
@@ -313,7 +321,7 @@ def fine_tune_refiner(
     init : path, optional
         The refiner to start from (e.g. the shipped one for the plate's optics);
         None: a new network for the plate's optics at `depths_um`.
-    target, focal_index, channel, patch, patches_per_plane, seed
+    target, focal_index, channel, patch, patches_per_plane, seed, wells
         See :func:`refiner_examples`.
     depths_um : (float, float)
         ``|z|`` range of a new refiner (a fine-tuned one keeps its own).
@@ -349,7 +357,8 @@ def fine_tune_refiner(
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
     examples = refiner_examples(plate, base, target=target, focal_index=focal_index, channel=channel,
-                                patch=patch, patches_per_plane=patches_per_plane, seed=seed, progress=progress)
+                                patch=patch, patches_per_plane=patches_per_plane, seed=seed, wells=wells,
+                                progress=progress)
     train_wells, val_wells = split_wells(np.unique(examples.wells), validation_fraction, seed)
     if not val_wells:
         raise PlateRefocusError(f"only well {train_wells[0]} of {str(plate)!r} has planes to learn from; "
