@@ -310,9 +310,10 @@ def process_depth(
         Ground-truth in-focus images, for PSNR/SSIM.
     refiner : Refiner, optional
         With ``"hybrid"``: the network that corrects Richardson-Lucy's output
-        (:class:`plate_refocus.unet.refiner.Refiner`: ``applies(optics, |z|)`` and
-        ``refine(plane, restored, offset, |z|)``), used at the depths and optics it
-        was trained for wherever RL's restoration was kept.
+        (:class:`plate_refocus.unet.refiner.Refiner`: ``applies(optics, |z|)``,
+        ``refine(plane, restored, offset, |z|)`` and ``info.consistency_limit``), used at
+        the depths and optics it was trained for wherever RL's restoration was kept; its
+        output is kept at consistency up to its limit (None: ``RL_CONSISTENCY_LIMIT``).
 
     Returns
     -------
