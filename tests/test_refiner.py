@@ -250,3 +250,43 @@ def test_refiner_examples_can_be_limited_to_some_wells(stack_plate):
     assert set(some.wells) <= {"A01", "A03"} and len(some.wells) >= 2
     with pytest.raises(PlateRefocusError, match="Z99 are not in"):
         refiner_examples(stack_plate, INFO, patch=64, wells=["A01", "Z99"])
+
+
+def test_train_refiner_fine_tunes_the_shipped_refiner_on_real_fields(tmp_path, capsys):
+    """The code path on real cells: the six real BBBC006 fields (256 px crops), blurred by the optical
+    model to 20 um beside their own plane as the in-focus one, fine-tune the shipped refiner."""
+    import tifffile
+
+    from plate_refocus.cli import main
+    from plate_refocus.optics import defocus_otf
+    from plate_refocus.plate import write_plate
+    from tests.test_ingest import SAMPLE, needs_sample
+
+    if not (SAMPLE / "BBBC006_v1_images_z_00").is_dir():
+        pytest.skip(needs_sample.kwargs["reason"])
+    shipped = shipped_refiner_path(OPTICS)
+    if shipped is None:
+        pytest.skip("no refiner is shipped in this checkout")
+    rng = np.random.default_rng(0)
+    stacks = []
+    for path in sorted((SAMPLE / "BBBC006_v1_images_z_00").glob("*.tif")):
+        field = tifffile.imread(path)[:256, :256].astype(np.float64)
+        spectrum = np.fft.rfft2(field - field.min())
+        planes = [np.fft.irfft2(spectrum * defocus_otf(field.shape, z, OPTICS, real=True), s=field.shape)
+                  for z in (0.0, 20.0)]
+        stacks.append([np.clip(rng.poisson(np.clip(p, 0, None)) + 100, 0, 4095) for p in planes])
+    images = np.asarray(stacks, dtype=np.uint16).reshape(3, 2, 1, 2, 256, 256)
+    plate = write_plate(tmp_path / "real.zarr", images, ["A01", "A02", "A03"], optics=OPTICS, z_um=[0.0, 20.0],
+                        channel_names=["Hoechst"], plate_rows=8, plate_columns=12, focal_plane=0,
+                        camera={"bit_depth": 12, "offset": 100.0, "read_noise": 2.0})
+    before = tree_digest(plate)
+    out = tmp_path / "ours.keras"
+    status = main(["train-refiner", str(plate), "--out", str(out), "--epochs", "1", "--patch", "64",
+                   "--patches-per-plane", "2"])
+    assert status == 0, capsys.readouterr().err
+    assert f"fine-tuning {shipped}" in capsys.readouterr().out
+    assert tree_digest(plate) == before
+    tuned, start = load_refiner(out), load_refiner(shipped)
+    assert tuned.info.training["init"]["sha256"] == start.info.sha256
+    assert (tuned.info.min_depth_um, tuned.info.max_depth_um) == (start.info.min_depth_um, start.info.max_depth_um)
+    assert tuned.info.metrics["validation_through_hybrid"]["planes"] >= 1
