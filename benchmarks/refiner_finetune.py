@@ -16,6 +16,7 @@ physics does not model (``--spherical 0.15``: 0.15 waves rms of spherical aberra
 
     python benchmarks/refiner_finetune.py                       # ~15 min on 2 cores
     python benchmarks/refiner_finetune.py --spherical 0.15 --family textured
+    python benchmarks/refiner_finetune.py --optics second       # NA 0.45, its own shipped refiner
     python benchmarks/refiner_finetune.py --quick               # the code path, ~2 min
 """
 
@@ -26,20 +27,27 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as in a Dask worker; before NumPy loads BLAS
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from plate_refocus.optics import Optics, radial_frequencies
-from plate_refocus.pipeline.compute import process_depth
-from plate_refocus.pipeline.plan import depth_settings
-from plate_refocus.plate import open_ground_truth, open_plate, read_layout
-from plate_refocus.results import METHOD_RL_REFINED
-from plate_refocus.simulate import simulate_plate
-from plate_refocus.train import fine_tune_refiner
-from plate_refocus.unet.refiner import load_refiner, shipped_refiner_path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import generalization as g  # noqa: E402
+
+from plate_refocus.optics import radial_frequencies  # noqa: E402
+from plate_refocus.pipeline.compute import process_depth  # noqa: E402
+from plate_refocus.pipeline.plan import depth_settings  # noqa: E402
+from plate_refocus.plate import open_ground_truth, open_plate, read_layout  # noqa: E402
+from plate_refocus.results import METHOD_RL_REFINED  # noqa: E402
+from plate_refocus.simulate import Camera, simulate_plate  # noqa: E402
+from plate_refocus.train import fine_tune_refiner  # noqa: E402
+from plate_refocus.unet.refiner import load_refiner, shipped_refiner_path  # noqa: E402
+
+OPTICS = {"report": g.REPORT, "second": g.SECOND}
 
 
 def score(plate: Path, refiners: dict[str, object], depths: list[float]) -> dict[str, dict[float, list[float]]]:
@@ -71,6 +79,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default="mitotic", help="the facility's cells (default mitotic, held out)")
     parser.add_argument("--spherical", type=float, default=0.0, help="waves rms of Z(4,0) in both plates")
+    parser.add_argument("--optics", choices=list(OPTICS), default="report",
+                        help="report: NA 0.25 (default); second: generalization.py's NA 0.45 objective")
+    parser.add_argument("--photons", type=float, default=2000.0, help="at the brightest in-focus pixel")
     parser.add_argument("--wells", type=int, default=8, help="wells of the calibration stack (default 8)")
     parser.add_argument("--eval-wells", type=int, default=4, help="wells of the plate scored (default 4)")
     parser.add_argument("--fields", type=int, default=3)
@@ -84,10 +95,11 @@ def main() -> None:
         args.wells, args.eval_wells, args.fields, args.size, args.epochs = 3, 1, 2, 128, 2
     depths = [10.0, 15.0, 20.0, 25.0, 30.0]
     stack_depths = [0.0, 10.0, 12.5, 15.0, 17.5, 20.0, 22.5, 25.0, 27.5, 30.0]
-    optics = Optics()
+    optics = OPTICS[args.optics]
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="refiner_finetune_"))
     common = dict(fields=args.fields, size=(args.size, args.size), channels=("nuclei",), family=args.family,
-                  spherical_rms_waves=args.spherical, optics=optics, workers=2, overwrite=True)
+                  spherical_rms_waves=args.spherical, optics=optics, camera=Camera(photons=args.photons),
+                  workers=2, overwrite=True)
     start = time.perf_counter()
     simulate_plate(folder / "calibration.zarr", rows=1, columns=args.wells, depths_um=stack_depths, seed=11,
                    **common)
@@ -102,7 +114,8 @@ def main() -> None:
     print(f"scored ({time.perf_counter() - start:.0f} s)\n")
     m = {name: {d: float(np.mean(v)) for d, v in cols.items()} for name, cols in table.items()}
     n_fields = args.eval_wells * args.fields
-    print(f"family {args.family}, spherical {args.spherical:g} waves, 2000 photons; calibration stack "
+    print(f"family {args.family}, {args.optics} optics, spherical {args.spherical:g} waves, {args.photons:g} photons; "
+          f"calibration stack "
           f"{args.wells} wells x {args.fields} fields of {args.size}px, scored plate {args.eval_wells} wells "
           f"(other cells); validation relative MSE (RL = 1): shipped {tuned.info.metrics['validation_relative_mse']['start']:.3f}, "
           f"tuned {tuned.info.metrics['validation_relative_mse']['best']:.3f}\n")
