@@ -102,7 +102,7 @@ def _refiner_for(method: str, optics: Optics, refiner: str | os.PathLike | None 
     if path is None:
         return "", {}
     info = load_refiner(path).info
-    if info.optics.differs_from(optics, rtol=OPTICS_TOLERANCE):
+    if not info.trained_for(optics):
         raise ModelError(f"refiner {str(path)!r} was trained for {info.optics}, not the plate's {optics} "
                          f"(more than {OPTICS_TOLERANCE:.0%} apart): fine-tune it on these optics with "
                          "'plate-refocus train-refiner', or run with --refiner none")

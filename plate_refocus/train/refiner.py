@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError, PlateRefocusError
-from ..unet.model import OPTICS_TOLERANCE
 from .data import plate_digest, plate_training_pairs, split_wells
 
 __all__ = ["RefinerExamples", "refiner_examples", "fine_tune_refiner"]
@@ -90,6 +89,7 @@ class _Record:
 class _HybridPlanes:
     """A plate's planes within a refiner's depths, run through ``process_depth`` as hybrid runs them."""
 
+    plate: str
     images: Any
     targets: Any
     planes_z: list[int]
@@ -106,7 +106,7 @@ class _HybridPlanes:
         from ..plate import read_layout
 
         layout = read_layout(plate)
-        if info.optics.differs_from(layout.optics, rtol=OPTICS_TOLERANCE):
+        if not info.trained_for(layout.optics):
             raise ModelError(f"the refiner was trained for {info.optics}, the plate {str(plate)!r} is "
                              f"{layout.optics}: start from --init none (a new refiner) for these optics")
         images, targets, depth_um = plate_training_pairs(plate, target=target, focal_index=focal_index)
@@ -117,7 +117,7 @@ class _HybridPlanes:
                 f"no plane of {str(plate)!r} lies at the |z| the refiner refines ({info.min_depth_um:g}-"
                 f"{info.max_depth_um:g} um; the stack's planes lie at {', '.join(f'{d:g}' for d in depth_um)} "
                 "um from focus): fine-tune on a stack that reaches those depths")
-        return cls(images, targets, planes_z,
+        return cls(str(plate), images, targets, planes_z,
                    depth_settings(layout, method="hybrid", reference="blind", backend="numpy"),
                    radial_frequencies(layout.shape, layout.optics.pixel_size_um), channel, info)
 
@@ -186,6 +186,14 @@ def refiner_examples(
         Called with a line per well.
     """
     planes = _HybridPlanes.open(plate, info, target=target, focal_index=focal_index, channel=channel)
+    return _examples(planes, patch=patch, patches_per_plane=patches_per_plane, seed=seed, wells=wells,
+                     progress=progress)
+
+
+def _examples(planes: _HybridPlanes, *, patch: int, patches_per_plane: int, seed: int, wells: list[str] | None,
+              progress: Callable[[str], None] | None) -> RefinerExamples:
+    """:func:`refiner_examples` on a plate already opened."""
+    info, plate = planes.info, planes.plate
     shape = tuple(planes.images.shape[-2:])
     if min(shape) < patch:
         raise PlateRefocusError(f"the plate's fields ({shape[0]}x{shape[1]}) are smaller than --patch {patch}: "
@@ -356,9 +364,9 @@ def fine_tune_refiner(
                            max_depth_um=float(depths_um[1]), depth_channel=True)
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
-    examples = refiner_examples(plate, base, target=target, focal_index=focal_index, channel=channel,
-                                patch=patch, patches_per_plane=patches_per_plane, seed=seed, wells=wells,
-                                progress=progress)
+    planes = _HybridPlanes.open(plate, base, target=target, focal_index=focal_index, channel=channel)
+    examples = _examples(planes, patch=patch, patches_per_plane=patches_per_plane, seed=seed, wells=wells,
+                         progress=progress)
     train_wells, val_wells = split_wells(np.unique(examples.wells), validation_fraction, seed)
     if not val_wells:
         raise PlateRefocusError(f"only well {train_wells[0]} of {str(plate)!r} has planes to learn from; "
@@ -370,7 +378,6 @@ def fine_tune_refiner(
     scores = _fit(correction, train, val, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                   say=say)
     best = min(scores)
-    planes = _HybridPlanes.open(plate, base, target=target, focal_index=focal_index, channel=channel)
     calibration = _calibrate_limit(planes, val_wells, Refiner(correction, base))
     say(f"validation wells through hybrid, refined against RL: {calibration['gain_over_rl_db']} dB per plane, "
         f"consistency {calibration['consistency']}; keeps the refined output at consistency <= "

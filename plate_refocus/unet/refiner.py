@@ -89,10 +89,13 @@ class RefinerInfo:
     def channels(self) -> int:
         return 3 if self.depth_channel else 2
 
+    def trained_for(self, optics: Optics) -> bool:
+        """Whether it was trained for these optics, within ``OPTICS_TOLERANCE``."""
+        return not self.optics.differs_from(optics, rtol=OPTICS_TOLERANCE)
+
     def applies(self, optics: Optics, depth_um: float) -> bool:
         """Whether it was trained for these optics (within ``OPTICS_TOLERANCE``) and this ``|z|``."""
-        return (not self.optics.differs_from(optics, rtol=OPTICS_TOLERANCE)
-                and self.min_depth_um <= depth_um <= self.max_depth_um)
+        return self.trained_for(optics) and self.min_depth_um <= depth_um <= self.max_depth_um
 
     def scale(self, plane: np.ndarray, offset: float) -> float:
         """The intensity unit of the network for `plane`: its high percentile above the offset, floored."""
