@@ -45,7 +45,7 @@ import numpy as np
 from plate_refocus.deconvolve import Blur, NoiseModel, richardson_lucy
 from plate_refocus.focus import blind_defocus, power_spectrum, restoration_depth
 from plate_refocus.metrics import psnr
-from plate_refocus.morphology import HELD_OUT_FAMILIES, STAINS
+from plate_refocus.morphology import HELD_OUT_FAMILIES, STAINS, Family, random_family
 from plate_refocus.optics import Optics
 from plate_refocus.simulate import Camera, simulate_field
 from plate_refocus.train.randomised import TRAINING_FAMILIES
@@ -57,7 +57,7 @@ HELD_OUT = HELD_OUT_FAMILIES
 RANGE = 4095.0
 
 
-def _family(name: str) -> str | None:
+def _family(name: str | Family) -> str | Family | None:
     return None if name == "u2os" else name
 
 
@@ -70,9 +70,14 @@ def _scale(plane: np.ndarray, offset: float) -> float:
     return _NORMALISATION.scale(plane, offset)
 
 
-def draw_condition(rng: np.random.Generator, max_z: float, min_z: float = 0.0) -> tuple[str, str, Camera, float]:
+#: "families": the named training families; "randomised": half of the draws from those, half from
+#: :func:`~plate_refocus.morphology.random_family` (every parameter at random: cells in general)
+MORPHOLOGY = "families"
+
+
+def draw_condition(rng: np.random.Generator, max_z: float, min_z: float = 0.0) -> tuple[str | Family, str, Camera, float]:
     """One training draw's family, stain, camera (300-20,000 photons, log-uniform) and |z| in [min_z, max_z)."""
-    family = str(rng.choice(TRAIN_FAMILIES))
+    family = random_family(rng) if MORPHOLOGY == "randomised" and rng.random() < 0.5 else str(rng.choice(TRAIN_FAMILIES))
     stain = "nuclei" if family == "u2os" else str(rng.choice(STAINS))
     camera = Camera(photons=float(np.exp(rng.uniform(np.log(300), np.log(20000)))))
     return family, stain, camera, float(rng.uniform(min_z, max_z))
@@ -81,7 +86,7 @@ def draw_condition(rng: np.random.Generator, max_z: float, min_z: float = 0.0) -
 def fit_with_flips(model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, drop_at: int,
                    image_target: bool, weights: np.ndarray | None = None) -> list[tuple[float, float]]:
     """Train on all but the first tenth (validation), one of the 8 flips and rotations per epoch (of
-    the targets too when they are images), the learning rate 3e-4 from epoch `drop_at`, each sample's
+    the targets too when they are images), the learning rate cut to 0.3x from epoch `drop_at`, each sample's
     loss times `weights` if given; per-epoch (loss, validation loss)."""
     n_val = max(1, len(x) // 10)
     if weights is not None:  # Keras reduces the loss over channels only: one weight per pixel
@@ -97,7 +102,7 @@ def fit_with_flips(model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_si
             xa = xa[:, ::-1]
             ya = ya[:, ::-1] if image_target else ya
         if epoch == drop_at:
-            model.optimizer.learning_rate.assign(3e-4)
+            model.optimizer.learning_rate.assign(0.3 * float(model.optimizer.learning_rate))
         h = model.fit(np.ascontiguousarray(xa), np.ascontiguousarray(ya), batch_size=batch_size, epochs=1,
                       verbose=0, validation_data=validation, sample_weight=w_train)
         history.append((h.history["loss"][-1], h.history["val_loss"][-1]))
@@ -241,9 +246,18 @@ def main() -> None:
     parser.add_argument("--save", default=None, help="save the trained correction network here (.keras)")
     parser.add_argument("--with-depth", action="store_true",
                         help="also give the network the blind |z| and its interval; RL at the blind depth")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's, until half the epochs")
+    parser.add_argument("--clipnorm", type=float, default=None,
+                        help="clip each gradient's norm (a few fields of tiny RL error can carry a large weight)")
+    parser.add_argument("--weight-cap", type=float, default=None,
+                        help="with --relative-loss: no field weighs more than this times the median field")
+    parser.add_argument("--morphology", choices=["families", "randomised"], default="families",
+                        help="training cells: the named training families, or half of them drawn from "
+                             "random_family (every morphology parameter at random)")
     parser.add_argument("--out", default=None, help="markdown file (default scratch/refiner_experiment[_depth].md)")
     args = parser.parse_args()
-    global OPTICS  # every simulation, restoration and the saved refiner's JSON use it
+    global OPTICS, MORPHOLOGY  # every simulation, restoration and the saved refiner's JSON use them
+    MORPHOLOGY = args.morphology
     OPTICS = Optics() if args.optics == "report" else Optics(na=0.45, wavelength_um=0.46, pixel_size_um=0.325)
     args.out = args.out or f"scratch/refiner_experiment{'_depth' if args.with_depth else ''}.md"
     args.eval_families = args.eval_families.split(",")
@@ -268,12 +282,14 @@ def main() -> None:
     y = np.stack([p[1] for p in pairs])[..., None]
     t_data = time.perf_counter() - t0
     model, correction = build_refiner(args.filters, args.depth, x.shape[-1])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate, clipnorm=args.clipnorm), loss="mse")
     n_val = max(1, len(x) // 10)
     t0 = time.perf_counter()
     weights = None
     if args.relative_loss:
         weights = (1.0 / np.maximum(np.mean((x[..., 1:2] - y) ** 2, axis=(1, 2, 3)), 1e-8)).astype(np.float32)
+        if args.weight_cap:
+            weights = np.minimum(weights, args.weight_cap * np.median(weights))
         weights /= weights.mean()
     history = fit_with_flips(model, x, y, epochs=args.epochs, batch_size=16, drop_at=args.epochs // 2,
                              image_target=True, weights=weights)
@@ -291,8 +307,10 @@ def main() -> None:
             depth_channel=args.depth_channel, divisor=2**args.depth,
             training={"script": "benchmarks/refiner_experiment.py", "argv": sys.argv[1:], "fields": args.pairs,
                       "field_size": args.size, "epochs": args.epochs, "seconds": round(t_train),
-                      "families": list(TRAIN_FAMILIES), "photons": [300, 20000], "seed": 7,
-                      "loss": "relative to RL" if args.relative_loss else "mse"},
+                      "families": list(TRAIN_FAMILIES), "morphology": args.morphology, "photons": [300, 20000], "seed": 7,
+                      "loss": "relative to RL" if args.relative_loss else "mse",
+                      "learning_rate": args.learning_rate, "clipnorm": args.clipnorm,
+                      "weight_cap": args.weight_cap},
             metrics={"validation_loss": float(history[-1][1]), "validation_loss_rl_alone": rl_only}), args.save)
     extra = [0.5, 0.4, 0.6] if args.with_depth else ([0.5] if args.depth_channel else None)
     refine(model, plane, plane, 100.0, divisor, extra)

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from plate_refocus.morphology import FAMILIES, STAINS, Family, describe, get_family, render_objects
+from plate_refocus.morphology import (
+    FAMILIES,
+    HELD_OUT_FAMILIES,
+    STAINS,
+    Family,
+    describe,
+    get_family,
+    random_family,
+    render_objects,
+)
 from plate_refocus.optics import Optics, defocus_otf, radial_otf
 from plate_refocus.simulate import simulate_field, simulate_objects
 
@@ -104,6 +113,20 @@ def test_a_custom_family_can_be_passed_directly():
     custom = Family("tiny", "test", nucleus_um=(2.0, 3.0), density=20.0)
     out = render_objects(SHAPE, custom, seed=0, channels=("nuclei",))
     assert out.shape == (1, *SHAPE) and out.max() == pytest.approx(1.0)
+
+
+def test_random_families_are_reproducible_and_span_the_held_out_kinds_of_cells():
+    draws = [random_family(np.random.default_rng(s)) for s in range(400)]
+    assert random_family(np.random.default_rng(7)) == draws[7]
+    lows = np.array([f.nucleus_um[0] for f in draws])
+    assert lows.min() < 3.5 and lows.max() > 15.0  # small to large nuclei
+    assert max(f.texture for f in draws) > 0.65 and max(f.chromocentres[1] for f in draws) >= 25
+    assert max(f.mitotic for f in draws) > 0.5
+    held_out = [get_family(n) for n in HELD_OUT_FAMILIES]
+    assert all(f not in held_out for f in draws)
+    for s, fam in enumerate(draws[:8]):  # every draw renders every stain
+        out = render_objects(SHAPE, fam, seed=s, channels=STAINS)
+        assert out.shape == (3, *SHAPE) and np.isfinite(out).all() and (out >= 0).all()
 
 
 def test_a_plate_of_a_family_records_it(tmp_path, client):
