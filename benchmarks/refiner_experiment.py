@@ -249,6 +249,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's, until half the epochs")
     parser.add_argument("--clipnorm", type=float, default=None,
                         help="clip each gradient's norm (a few fields of tiny RL error can carry a large weight)")
+    parser.add_argument("--seed", type=int, default=7, help="the training fields and the initial weights")
     parser.add_argument("--weight-cap", type=float, default=None,
                         help="with --relative-loss: no field weighs more than this times the median field")
     parser.add_argument("--morphology", choices=["families", "randomised"], default="families",
@@ -271,8 +272,8 @@ def main() -> None:
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads or os.cpu_count() or 1)
-    keras.utils.set_random_seed(7)
-    rng = np.random.default_rng(7)
+    keras.utils.set_random_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     if args.with_depth:
         pairs = [pair for _ in range(math.ceil(args.pairs / 3)) for pair in training_group(rng, args.size)]
@@ -307,7 +308,7 @@ def main() -> None:
             depth_channel=args.depth_channel, divisor=2**args.depth,
             training={"script": "benchmarks/refiner_experiment.py", "argv": sys.argv[1:], "fields": args.pairs,
                       "field_size": args.size, "epochs": args.epochs, "seconds": round(t_train),
-                      "families": list(TRAIN_FAMILIES), "morphology": args.morphology, "photons": [300, 20000], "seed": 7,
+                      "families": list(TRAIN_FAMILIES), "morphology": args.morphology, "photons": [300, 20000], "seed": args.seed,
                       "loss": "relative to RL" if args.relative_loss else "mse",
                       "learning_rate": args.learning_rate, "clipnorm": args.clipnorm,
                       "weight_cap": args.weight_cap},

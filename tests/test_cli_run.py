@@ -25,6 +25,18 @@ def test_info_without_a_plate_describes_the_installation_without_keras():
     code = ("import sys, plate_refocus.cli as c; c.main(['info']); "
             "sys.exit(3 if 'keras' in sys.modules or 'tensorflow' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    text = cli("info").stdout  # each shipped refiner says what it learnt from and gains on unseen cells
+    assert text.count("refiner of Richardson-Lucy") == len(info["refiners"]) >= 1
+    assert text.count("trained on") >= 1 + len(info["refiners"]) and "over RL on held-out families" in text
+
+
+def test_info_says_what_a_fine_tuned_refiner_learnt_from():
+    from plate_refocus.cli.plates import _refiner_trained_on
+
+    line = _refiner_trained_on({"training": {"plate": "stacks.zarr", "target": "focal-plane",
+                                             "init": {"name": "plate-refocus-rl-refiner-report"}}})
+    assert line == "fine-tuned on stacks.zarr (target focal-plane) from plate-refocus-rl-refiner-report"
+    assert _refiner_trained_on({"training": {}}) == "training not recorded"
 
 
 def test_run_dry_run_prints_the_plan_and_writes_nothing(tiny_plate, tmp_path):

@@ -262,8 +262,30 @@ def _refiner_summaries() -> list[dict]:
             out.append({"path": str(path), "error": str(error)})
             continue
         out.append({"path": str(path), "name": info.name, "sha256": info.sha256, "optics": info.optics.to_dict(),
-                    "depths_um": [info.min_depth_um, info.max_depth_um], "training": info.training})
+                    "depths_um": [info.min_depth_um, info.max_depth_um], "training": info.training,
+                    "metrics": info.metrics})
     return out
+
+
+def _refiner_trained_on(refiner: dict) -> str:
+    """One line: what a refiner learnt from (simulated families, or a plate it was fine-tuned on) and
+    what its record says it gains over RL on cells it never saw."""
+    training, metrics = refiner.get("training") or {}, refiner.get("metrics") or {}
+    if "plate" in training:
+        init = training.get("init") or {}
+        text = f"fine-tuned on {training['plate']} (target {training.get('target')})" + (
+            f" from {init['name']}" if init.get("name") else "")
+    elif "fields" in training:
+        photons = training.get("photons") or ["?", "?"]
+        text = (f"{training['fields']} simulated fields of {', '.join(training.get('families', []))}, "
+                f"{photons[0]}-{photons[1]} photons, loss {training.get('loss', '?')}")
+    else:
+        return "training not recorded"
+    gain = metrics.get("gain_over_rl_at_blind_z_10_30um_db")
+    if gain:
+        text += (f"; over RL on held-out families ({', '.join(gain['families'])}) at 10-30 um: "
+                 f"min {gain['min']:+.2f}, mean {gain['mean']:+.2f} dB")
+    return text
 
 
 def _print_model(label: str, model: dict) -> None:
@@ -298,6 +320,8 @@ def run_info(args: argparse.Namespace) -> int:
             print(f"  refiner of Richardson-Lucy (hybrid): {refiner['name']} ({refiner['sha256'][:12]}), trained "
                   f"for {refiner['optics']} at |z| {refiner['depths_um'][0]:g}-{refiner['depths_um'][1]:g} um"
                   if "name" in refiner else f"  refiner {refiner['path']}: {refiner['error']}")
+            if "name" in refiner:
+                print(f"    trained on {_refiner_trained_on(refiner)}")
         print("  --method unet and hybrid use the shipped model trained for the plate's optics, unless "
               "--model names one (the default method, rl, uses no network); hybrid refines "
               "Richardson-Lucy with the refiner trained for those optics, where there is one")
