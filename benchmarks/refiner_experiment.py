@@ -19,6 +19,9 @@ its Richardson-Lucy restoration (the run's default) earns a place in `run`.
     python benchmarks/refiner_experiment.py                  # ~40 min on 2 cores
     python benchmarks/refiner_experiment.py --quick          # ~3 min, code path only
     python benchmarks/refiner_experiment.py --with-depth     # (a) + (b): also told the blind |z|
+    python benchmarks/refiner_experiment.py --pairs 1200 --epochs 30 --min-z 8 --relative-loss \
+        --weight-cap 10 --depth-channel --save M.keras       # the shipped refiner's recipe (~25 min)
+    python benchmarks/refiner_experiment.py ... --morphology randomised   # half the fields from random_family
 
 ``--with-depth`` is issue 14's (a) on top of (b): the network is also given
 the well's blind estimate as the run computes it (the restoration depth and the
